@@ -1,0 +1,199 @@
+"""Typed configuration: dataclass schemas, YAML values, unknown keys rejected.
+
+Every component declares its schema as a ``@dataclass``; ``from_dict`` builds it from plain data
+and raises ``ConfigError`` naming the offending key (as a dotted path) and the file it came from.
+Derived sizes live in the dataclasses' properties, computed in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Type, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_ROOT = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key and the file."""
+
+
+def _where(path: str, source: str | None) -> str:
+    return f"'{path}'" + (f" in {source}" if source else "")
+
+
+def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, path, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{_where(path, source)}: {value!r} does not fit {tp}")
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{_where(path, source)}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(path, source)}: expected a mapping, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, source=source, prefix=path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{_where(path, source)}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = get_args(tp)[:1] or (Any,)
+        out = [_convert(v, inner, f"{path}[{i}]", source) for i, v in enumerate(value)]
+        return out if origin is list else tuple(out)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(path, source)}: expected a mapping, got {type(value).__name__}")
+        _, vt = get_args(tp) or (Any, Any)
+        return {k: _convert(v, vt, f"{path}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_where(path, source)}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{_where(path, source)}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return float(value)  # YAML reads 1e-3 without a dot as a string
+                except ValueError:
+                    pass
+            raise ConfigError(f"{_where(path, source)}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{_where(path, source)}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ``ConfigError``."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            path = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(
+                f"unknown key {_where(path, source)}; {cls.__name__} accepts: {', '.join(sorted(fields))}"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], path, source)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{cls.__name__}{' in ' + source if source else ''}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{cls.__name__}{' in ' + source if source else ''}: {e}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config dataclass (for YAML/JSON)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML (or JSON) mapping; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse config {p}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def write_yaml(data: Any, path: str | os.PathLike) -> None:
+    """Write plain data (or a config dataclass) as YAML, atomically."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(data), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def load(cls: Type[T], path: str | os.PathLike, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML file, applying ``key.sub=value`` overrides."""
+    data = read_yaml(path)
+    if overrides:
+        apply_overrides(data, overrides, source=str(path))
+    return from_dict(cls, data, source=str(path))
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str | None = None) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to nested ``data`` in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"override {item!r}: '{part}' is not a mapping")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def resolve_config_path(name_or_path: str | os.PathLike, kind: str) -> Path:
+    """A path as given, or a shipped config name like ``tiny`` under ``configs/<kind>/``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = sorted(q.stem for q in (CONFIG_ROOT / kind).glob("*.yaml")) if (CONFIG_ROOT / kind).is_dir() else []
+    raise ConfigError(f"no config file {p} and no shipped {kind} config named {str(name_or_path)!r} (shipped: {available})")

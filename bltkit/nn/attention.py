@@ -1,0 +1,156 @@
+"""Attention layers. Axes: B batch, H heads, T query positions, S key positions, hd head dim.
+
+Two interchangeable mask forms reach ``attend``:
+- a boolean tensor broadcastable to (B, H, T, S), True = may attend: the reference path, runs
+  anywhere through ``scaled_dot_product_attention``;
+- a FlexAttention ``BlockMask`` built from patch/document ids: the fast CUDA path, with no dense
+  bytes x patches tensor.
+Both give the same values (tests/test_model_paths.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .init import trunc_normal_
+from .norm import RMSNorm
+from .rope import apply_rope
+
+try:  # FlexAttention is stable API from torch 2.5
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # pragma: no cover - torch < 2.5 is not supported, kept for clarity
+    BlockMask = None  # type: ignore[assignment]
+    flex_attention = None  # type: ignore[assignment]
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, block_mask, scale):
+    """flex_attention, compiled once per process (uncompiled flex materialises full scores)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def is_block_mask(mask: Any) -> bool:
+    return BlockMask is not None and isinstance(mask, BlockMask)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) -> torch.Tensor:
+    """Scaled dot-product attention. q (B, H, T, hd), k/v (B, Hkv, S, hd) -> (B, H, T, hd).
+
+    Every query row must see at least one key (callers handle empty rows, see ``CrossAttention``).
+    """
+    scale = q.shape[-1] ** -0.5
+    if is_block_mask(mask):
+        return _flex(q, k, v, mask, scale)
+    if k.shape[1] != q.shape[1]:  # GQA: kv head j serves query heads j*rep .. j*rep+rep-1
+        rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+class KVCacheLike(Protocol):
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys/values (B, Hkv, T, hd); return all keys/values to attend to."""
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE and optional GQA; no biases (blt-reference §4.2)."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: Optional[int] = None, head_dim: Optional[int] = None):
+        super().__init__()
+        self.dim, self.n_heads = dim, n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = head_dim or dim // n_heads
+        if n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: (T, hd/2) or (B, T, hd/2)
+        mask: Any = None,
+        kv_cache: Optional[KVCacheLike] = None,
+    ) -> torch.Tensor:
+        q = rearrange(self.wq(x), "b t (h d) -> b h t d", d=self.head_dim)
+        k = rearrange(self.wk(x), "b t (h d) -> b h t d", d=self.head_dim)
+        v = rearrange(self.wv(x), "b t (h d) -> b h t d", d=self.head_dim)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        out = attend(q, k, v, mask)  # (B, H, T, hd)
+        return self.wo(rearrange(out, "b h t d -> b t (h d)"))
+
+    def reset_parameters(self) -> None:
+        for w in (self.wq, self.wk, self.wv, self.wo):
+            trunc_normal_(w.weight, self.dim ** -0.5)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention between bytes and patches (blt-reference §4.4, §6).
+
+    Returns ``x + wo(attn(norm_q(x), norm_kv(kv)))``: the residual sits *inside* the module, and
+    callers add ``x`` once more, giving the reference's double residual (pitfall 4). No RoPE.
+
+    ``empty_rows`` decides what a query with no visible key gets (an empty or virtual patch):
+    ``"zero"`` (reference: FlexAttention returns 0 there) or ``"uniform"`` (Hugging Face: an additive
+    ``finfo.min`` mask turns the row into a plain average of all keys). Both are finite (pitfall 9).
+    """
+
+    def __init__(self, dim: int, n_heads: int, norm_eps: float = 1e-5, empty_rows: str = "zero"):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"cross-attention width {dim} is not divisible by its {n_heads} heads")
+        if empty_rows not in ("zero", "uniform"):
+            raise ValueError(f"empty_rows must be 'zero' or 'uniform', got {empty_rows!r}")
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.empty_rows = empty_rows
+        self.cross_attn_norm_q = RMSNorm(dim, norm_eps)
+        self.cross_attn_norm_kv = RMSNorm(dim, norm_eps)
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # queries (B, T, D)
+        kv: torch.Tensor,  # keys/values (B, S, D)
+        mask: Any,  # bool (B, 1, T, S) or BlockMask
+        kv_cache: Optional[KVCacheLike] = None,
+    ) -> torch.Tensor:
+        q = rearrange(self.wq(self.cross_attn_norm_q(x)), "b t (h d) -> b h t d", d=self.head_dim)
+        kvn = self.cross_attn_norm_kv(kv)
+        k = rearrange(self.wk(kvn), "b s (h d) -> b h s d", d=self.head_dim)
+        v = rearrange(self.wv(kvn), "b s (h d) -> b h s d", d=self.head_dim)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        if is_block_mask(mask):
+            # FlexAttention already returns 0 for a row with no key; the uniform (HF) variant needs
+            # the dense path and is rejected when the model config is built.
+            out = attend(q, k, v, mask)
+        else:
+            has_key = mask.any(dim=-1, keepdim=True)  # (B, 1, T, 1)
+            safe = mask | ~has_key  # an empty row sees every key: finite, the plain average
+            out = attend(q, k, v, safe)
+            if self.empty_rows == "zero":
+                out = torch.where(has_key, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return x + self.wo(rearrange(out, "b h t d -> b t (h d)"))
+
+    def reset_parameters(self) -> None:
+        for w in (self.wq, self.wk, self.wv, self.wo):
+            trunc_normal_(w.weight, self.dim ** -0.5)
+        self.cross_attn_norm_q.reset_parameters()
+        self.cross_attn_norm_kv.reset_parameters()

@@ -1,0 +1,25 @@
+"""Rotary position embedding on **adjacent** pairs (x_{2i}, x_{2i+1}) (blt-reference §4.2, pitfall 10).
+
+Angles are computed from explicit positions, so a KV cache can rotate new keys at their absolute
+positions without a precomputed table (and no table length caps the sequence).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``pos * theta^(-2i/d)``, fp32, shape ``positions.shape + (head_dim // 2,)``."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    ang = positions.to(torch.float32)[..., None] * inv_freq
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` of shape (B, H, T, hd) by angles of shape (T, hd/2) or (B, T, hd/2); fp32 math."""
+    if cos.dim() == 3:  # per-row positions (B, T, hd/2) -> broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
+    a, b = xf[..., 0], xf[..., 1]
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
