@@ -30,11 +30,15 @@ _compiled_flex = None
 
 
 def _flex(q, k, v, block_mask, scale):
-    """flex_attention, compiled once per process (uncompiled flex materialises full scores)."""
+    """flex_attention: compiled on CUDA (once per process; uncompiled flex materialises full
+    scores), eager elsewhere, where it serves to check the fast path's masks against SDPA."""
     global _compiled_flex
+    gqa = q.shape[1] != k.shape[1]
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 def is_block_mask(mask: Any) -> bool:
@@ -111,18 +115,18 @@ class CrossAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, norm_eps: float = 1e-5, empty_rows: str = "zero"):
         super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"cross-attention width {dim} is not divisible by its {n_heads} heads")
         if empty_rows not in ("zero", "uniform"):
             raise ValueError(f"empty_rows must be 'zero' or 'uniform', got {empty_rows!r}")
+        # head_dim = dim // n_heads as in the reference; n_heads * head_dim may be < dim (400M: 768, 10 heads).
         self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        inner = n_heads * self.head_dim
         self.empty_rows = empty_rows
         self.cross_attn_norm_q = RMSNorm(dim, norm_eps)
         self.cross_attn_norm_kv = RMSNorm(dim, norm_eps)
-        self.wq = nn.Linear(dim, dim, bias=False)
-        self.wk = nn.Linear(dim, dim, bias=False)
-        self.wv = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wq = nn.Linear(dim, inner, bias=False)
+        self.wk = nn.Linear(dim, inner, bias=False)
+        self.wv = nn.Linear(dim, inner, bias=False)
+        self.wo = nn.Linear(inner, dim, bias=False)
 
     def forward(
         self,

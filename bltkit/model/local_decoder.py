@@ -1,0 +1,59 @@
+"""Local decoder: byte states + patch states -> next-byte logits (blt-reference §6).
+
+Axes: B batch, N bytes, P patches, k vectors a patch, D decoder width, G global width.
+Its input is the encoder's final byte states (no embedding of its own). Cross-attention comes
+*before* each block (the encoder's comes after); byte i reads the patch before its target's patch
+through the decoder cross mask (§3.6).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..nn import CrossAttention, RMSNorm, TransformerBlock, trunc_normal_
+from .config import BLTConfig
+
+
+class LocalDecoder(nn.Module):
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        d, c = cfg.decoder, cfg.cross_attn
+        self.cfg = cfg
+        self.patch_embedding_projection = nn.Linear(cfg.global_.dim, d.dim * c.k, bias=False)  # G -> k*D
+        self.cross_attn_layers = nn.ModuleList(
+            CrossAttention(d.dim, c.n_heads, cfg.norm_eps, c.empty_rows) for _ in range(cfg.n_decoder_cross)
+        )
+        self.layers = nn.ModuleList(
+            TransformerBlock(d.dim, d.n_heads, d.hidden, d.n_kv_heads, d.head_dim, cfg.norm_eps) for _ in range(d.n_layers)
+        )
+        self.norm = RMSNorm(d.dim, cfg.norm_eps)
+        self.output = nn.Linear(d.dim, cfg.vocab_size, bias=False)
+
+    def project_patches(self, g: torch.Tensor) -> torch.Tensor:
+        """(B, P, G) -> (B, P*k, D): row p*k+j is slice j of patch p (pitfall 6)."""
+        b, p, _ = g.shape
+        return self.patch_embedding_projection(g).reshape(b, p * self.cfg.cross_attn.k, -1)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (B, N, D) encoder byte states
+        patches: torch.Tensor,  # (B, P*k, D) projected global states
+        rope: tuple[torch.Tensor, torch.Tensor],
+        local_mask: Any,
+        cross_mask: Any,
+        kv_caches: Optional[list] = None,
+    ) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            if i == 0 or self.cfg.cross_attn.decoder_all_layers:
+                h = h + self.cross_attn_layers[i](h, patches, cross_mask)  # 2h + wo(attn): pitfall 4
+            h = layer(h, rope, local_mask, kv_caches[i] if kv_caches is not None else None)
+        return self.output(self.norm(h)).float()  # (B, N, V) fp32 logits
+
+    def reset_parameters(self) -> None:
+        trunc_normal_(self.patch_embedding_projection.weight, self.cfg.global_.dim ** -0.5)
+        trunc_normal_(self.output.weight, self.cfg.decoder.dim ** -0.5)
+        self.norm.reset_parameters()
+        for m in [*self.cross_attn_layers, *self.layers]:
+            m.reset_parameters()

@@ -1,0 +1,74 @@
+"""Local encoder: bytes -> byte states and patch vectors (blt-reference §4; BLT paper §3.2).
+
+Axes: B batch, N bytes, P patches, k vectors a patch, D encoder width.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn import CrossAttention, TransformerBlock, trunc_normal_
+from .config import BLTConfig
+
+
+def pool_patches(h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int, mode: str) -> torch.Tensor:
+    """Reduce byte states into their patches. (B, N, D) -> (B, P, D); an empty patch gives 0.
+
+    ``scatter_reduce`` onto zeros with ``include_self=False`` leaves untouched rows at 0, never
+    -inf (blt-reference §4.4, pitfall 9).
+    """
+    b, _, d = h.shape
+    reduce = {"max": "amax", "min": "amin", "mean": "mean"}[mode]
+    out = h.new_zeros(b, n_patches, d)
+    return out.scatter_reduce(1, patch_ids[..., None].expand(-1, -1, d), h, reduce=reduce, include_self=False)
+
+
+class LocalEncoder(nn.Module):
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        e, c = cfg.encoder, cfg.cross_attn
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, e.dim)
+        self.layers = nn.ModuleList(
+            TransformerBlock(e.dim, e.n_heads, e.hidden, e.n_kv_heads, e.head_dim, cfg.norm_eps) for _ in range(e.n_layers)
+        )
+        # Pooled patch vectors are projected to k query vectors a patch (§4.4).
+        self.patch_embedding_projection = nn.Linear(e.dim, e.dim * c.k, bias=False)
+        self.cross_attn_layers = nn.ModuleList(
+            CrossAttention(e.dim, c.n_heads, cfg.norm_eps, c.empty_rows) for _ in range(cfg.n_encoder_cross)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, N, D) byte + hash embeddings
+        rope: tuple[torch.Tensor, torch.Tensor],
+        local_mask: Any,
+        cross_mask: Any,
+        patch_ids: torch.Tensor,  # (B, N)
+        n_patches: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg.cross_attn
+        b = x.shape[0]
+        h, patch = x, None
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, local_mask)  # (B, N, D)
+            if not (c.encoder_all_layers or i == last):
+                continue
+            # The cross step runs after its layer; queries are pooled once (reference) or at
+            # every step (HF, repool_each_layer), then accumulate (§4.4, pitfall 5).
+            if patch is None or c.repool_each_layer:
+                pooled = pool_patches(h, patch_ids, n_patches, c.pooling)  # (B, P, D)
+                patch = self.patch_embedding_projection(pooled).reshape(b, n_patches * c.k, -1)  # (B, P*k, D)
+            j = i if c.encoder_all_layers else 0
+            patch = patch + self.cross_attn_layers[j](patch, h, cross_mask)  # 2*patch + wo(attn): pitfall 4
+        return h, patch
+
+    def reset_parameters(self) -> None:
+        d = self.cfg.encoder.dim
+        trunc_normal_(self.tok_embeddings.weight, d ** -0.5)
+        trunc_normal_(self.patch_embedding_projection.weight, d ** -0.5)
+        for m in [*self.layers, *self.cross_attn_layers]:
+            m.reset_parameters()

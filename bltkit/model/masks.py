@@ -1,0 +1,111 @@
+"""The four masks of one BLT forward, built from ids and patch lengths (blt-reference §3.6, §4.3,
+§4.4, §5, §6). Axes: B batch, N bytes, P patches, k cross vectors per patch.
+
+| mask           | queries     | keys        | rule                                                  |
+|----------------|-------------|-------------|-------------------------------------------------------|
+| local          | bytes N     | bytes N     | causal, ``q - s < window``, same document (EOS ends)    |
+| encoder cross  | P*k patch   | bytes N     | ``pid[s] == q // k`` (patch vector sees its own bytes) |
+| global         | patches P   | patches P   | causal; block_causal also resets after EOS patches    |
+| decoder cross  | bytes N     | P*k patch   | ``dpid[q] == s // k`` (the patch before the target's) |
+
+``form="dense"`` gives boolean tensors for SDPA (the reference path); ``form="flex"`` gives
+FlexAttention BlockMasks whose ``mask_mod`` reads the id vectors, so no (N x P) tensor exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..data.vocab import EOS_ID
+from ..nn.masks import document_ids, local_causal_mask
+from ..patching.lengths import decoder_patch_ids, patch_ids_from_lengths
+
+
+@dataclass
+class BLTMasks:
+    enc_local: Any
+    dec_local: Any
+    enc_cross: Any
+    global_: Any
+    dec_cross: Any
+    patch_ids: torch.Tensor  # (B, N)
+    dec_patch_ids: torch.Tensor  # (B, N)
+
+
+def patch_document_ids(ids: torch.Tensor, patch_ids: torch.Tensor, n_patches: int) -> torch.Tensor:
+    """Document index of each patch, (B, P): the number of earlier patches holding an EOS.
+
+    The reference marks a patch EOS when it contains an EOS byte (``global_tokens``, §0 step 8)
+    and the block-causal mask starts a new block after it (§5).
+    """
+    b = ids.shape[0]
+    has_eos = torch.zeros(b, n_patches, dtype=torch.int32, device=ids.device)
+    has_eos.scatter_reduce_(1, patch_ids, (ids == EOS_ID).to(torch.int32), reduce="amax", include_self=True)
+    return torch.cumsum(has_eos, dim=1) - has_eos
+
+
+def build_masks(ids: torch.Tensor, patch_lengths: torch.Tensor, cfg, form: str = "dense") -> BLTMasks:
+    b, n = ids.shape
+    p = patch_lengths.shape[1]
+    k = cfg.cross_attn.k
+    pid = patch_ids_from_lengths(patch_lengths, n)  # (B, N)
+    dpid = decoder_patch_ids(patch_lengths, n)  # (B, N)
+    doc = document_ids(ids)  # (B, N)
+    pdoc = patch_document_ids(ids, pid, p) if cfg.global_.attention == "block_causal" else None
+    if form == "dense":
+        pos = torch.arange(n, device=ids.device)
+        ppos = torch.arange(p, device=ids.device)
+        enc_local = local_causal_mask(doc, doc, pos, pos, cfg.encoder.window, cfg.encoder.doc_reset)
+        if (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset):
+            dec_local = enc_local
+        else:
+            dec_local = local_causal_mask(doc, doc, pos, pos, cfg.decoder.window, cfg.decoder.doc_reset)
+        qpatch = torch.arange(p * k, device=ids.device) // k  # (P*k,) patch of each query vector
+        enc_cross = (pid[:, None, :] == qpatch[None, :, None])[:, None]  # (B, 1, P*k, N)
+        dec_cross = (dpid[:, :, None] == qpatch[None, None, :])[:, None]  # (B, 1, N, P*k)
+        zdoc = pdoc if pdoc is not None else torch.zeros(b, p, dtype=torch.int32, device=ids.device)
+        glob = local_causal_mask(zdoc, zdoc, ppos, ppos, None, pdoc is not None)  # (B, 1, P, P)
+        return BLTMasks(enc_local, dec_local, enc_cross, glob, dec_cross, pid, dpid)
+    if form == "flex":
+        return _flex_masks(b, n, p, k, doc, pid, dpid, pdoc, cfg)
+    raise ValueError(f"unknown mask form {form!r}")
+
+
+def _flex_masks(b, n, p, k, doc, pid, dpid, pdoc, cfg) -> BLTMasks:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dev = doc.device
+
+    def local(window: Optional[int], reset: bool):
+        def mask_mod(bi, h, q, s):
+            m = s <= q
+            if window is not None:
+                m = m & (q - s < window)
+            if reset:
+                m = m & (doc[bi, q] == doc[bi, s])
+            return m
+        return create_block_mask(mask_mod, B=b, H=None, Q_LEN=n, KV_LEN=n, device=dev)
+
+    enc_local = local(cfg.encoder.window, cfg.encoder.doc_reset)
+    same = (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset)
+    dec_local = enc_local if same else local(cfg.decoder.window, cfg.decoder.doc_reset)
+
+    def enc_cross_mod(bi, h, q, s):
+        return pid[bi, s] == q // k
+
+    def dec_cross_mod(bi, h, q, s):
+        return dpid[bi, q] == s // k
+
+    if pdoc is not None:
+        def global_mod(bi, h, q, s):
+            return (s <= q) & (pdoc[bi, q] == pdoc[bi, s])
+    else:
+        def global_mod(bi, h, q, s):
+            return s <= q
+
+    enc_cross = create_block_mask(enc_cross_mod, B=b, H=None, Q_LEN=p * k, KV_LEN=n, device=dev)
+    dec_cross = create_block_mask(dec_cross_mod, B=b, H=None, Q_LEN=n, KV_LEN=p * k, device=dev)
+    glob = create_block_mask(global_mod, B=b, H=None, Q_LEN=p, KV_LEN=p, device=dev)
+    return BLTMasks(enc_local, dec_local, enc_cross, glob, dec_cross, pid, dpid)
