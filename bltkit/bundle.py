@@ -1,0 +1,93 @@
+"""A bundle: one directory that holds everything needed to use a trained model.
+
+    BUNDLE/
+      bundle.yaml            kind (blt | bytelm | entropy), patcher settings (scheme, threshold...)
+      model/                 config.yaml + model.safetensors of the main model
+      entropy_model/         config.yaml + model.safetensors (+ patcher.yaml) when patching needs it
+
+A finished training run's output directory is a bundle (the trainer writes ``bundle.yaml`` and
+``model/`` there). Loading reads YAML and safetensors only: nothing in a bundle is executed.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from . import config as cfgio
+
+BUNDLE_FILE = "bundle.yaml"
+MODEL_SUBDIR = "model"
+ENTROPY_SUBDIR = "entropy_model"
+
+# kind -> "module:Class"; each class has save_pretrained(dir) and from_pretrained(dir, device, dtype).
+MODEL_KINDS: dict[str, str] = {
+    "blt": "bltkit.model.blt:ByteLatentTransformer",
+    "bytelm": "bltkit.patchtrain.model:ByteLM",
+    "entropy": "entropy_model.model:EntropyModel",
+}
+
+
+@dataclass
+class BundleMeta:
+    kind: Literal["blt", "bytelm", "entropy"] = "blt"
+    patcher: dict[str, Any] = field(default_factory=dict)  # parsed by bltkit.patching
+    has_entropy_model: bool = False
+    note: str = ""
+
+
+def model_class(kind: str):
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    module, name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def read_bundle(directory: str | os.PathLike) -> BundleMeta:
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"bundle directory not found: {d}")
+    f = d / BUNDLE_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{d} is not a bundle: {BUNDLE_FILE} is missing")
+    meta = cfgio.from_dict(BundleMeta, cfgio.read_yaml(f), source=str(f))
+    if not (d / MODEL_SUBDIR).is_dir():
+        raise FileNotFoundError(f"bundle {d} is missing its model directory {d / MODEL_SUBDIR}")
+    if meta.has_entropy_model and not (d / ENTROPY_SUBDIR).is_dir():
+        raise FileNotFoundError(f"bundle {d} says it has an entropy model but {d / ENTROPY_SUBDIR} is missing")
+    return meta
+
+
+def write_bundle_meta(directory: str | os.PathLike, meta: BundleMeta) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfgio.write_yaml(meta, d / BUNDLE_FILE)
+
+
+def save_bundle(directory: str | os.PathLike, model, kind: str, patcher: Optional[dict] = None,
+                entropy_model=None) -> None:
+    """Write ``model`` (and optionally an entropy model, a module or a directory) as a bundle."""
+    import shutil
+
+    d = Path(directory)
+    model.save_pretrained(d / MODEL_SUBDIR)
+    has_em = entropy_model is not None
+    if has_em:
+        if isinstance(entropy_model, (str, os.PathLike)):
+            src = Path(entropy_model)
+            if src.resolve() != (d / ENTROPY_SUBDIR).resolve():
+                shutil.copytree(src, d / ENTROPY_SUBDIR, dirs_exist_ok=True)
+        else:
+            entropy_model.save_pretrained(d / ENTROPY_SUBDIR)
+    write_bundle_meta(d, BundleMeta(kind=kind, patcher=dict(patcher or {}), has_entropy_model=has_em))
+
+
+def load_bundle_models(directory: str | os.PathLike, device=None, dtype=None):
+    """(meta, model, entropy_model or None) from a bundle directory."""
+    d = Path(directory)
+    meta = read_bundle(d)
+    model = model_class(meta.kind).from_pretrained(d / MODEL_SUBDIR, device=device, dtype=dtype)
+    em = model_class("entropy").from_pretrained(d / ENTROPY_SUBDIR, device=device, dtype=dtype) if meta.has_entropy_model else None
+    return meta, model, em
