@@ -47,7 +47,9 @@ def encode(text: TextLike, bos: bool = True, eos: bool = True) -> list[int]:
 
 def encode_tensor(text: TextLike, bos: bool = True, eos: bool = True) -> torch.Tensor:
     """``encode`` as a 1-D int64 tensor (vectorised: no Python loop over bytes)."""
-    raw = torch.frombuffer(bytearray(to_bytes(text)), dtype=torch.uint8).to(torch.int64) + OFFSET
+    data = to_bytes(text)
+    raw = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64) + OFFSET) if data \
+        else torch.zeros(0, dtype=torch.int64)
     parts = []
     if bos:
         parts.append(torch.tensor([BOS_ID], dtype=torch.int64))
