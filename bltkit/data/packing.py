@@ -1,0 +1,311 @@
+"""Packing documents into model rows, in the reference's conventions (blt-reference §3.6, §7.3,
+pitfalls 17-18). Axes: B rows, N input bytes per row, P patches per row.
+
+Input: a stream of documents, each as ids ``BOS + bytes + EOS`` with its own patch lengths
+(``include_next_token=False``: they sum to the document length; any ``patch_fn`` gives them).
+Output rows hold ``ids`` (x), ``targets`` (y), a loss ``mask`` and ``patch_lengths`` with
+
+- ``sum(patch_lengths) == N + 1`` (the last patch holds the target of the last byte, §3.6),
+- ``patch_lengths[0] == 1`` (a row that starts inside a patch splits it into ``[1, L-1]``),
+- padding with BOE (0): ``mask`` False there and the pad count folded into the last patch.
+
+Two packers:
+
+``PatchPacker(patches_per_row)`` -- the reference's BLT packing (§7.3 steps 3-4): concatenate
+documents and cut sequences of exactly ``P`` patches, so the byte count varies; a first patch
+longer than 1 is split and the last patch (with its bytes) dropped, keeping P; then
+``x = tokens[:-1]``, ``y = tokens[1:]``. The last byte of each sequence is a target only.
+
+``BytePacker(row_len)`` -- rows of exactly ``row_len`` stream bytes (the entropy model's BYTES
+packing, §7.2, benchmark-style fixed-byte rows, the fixed-K patch phase with ``row_len = K*T``):
+``x = tokens``, ``y = tokens[1:] + [BOE]``. The reference trains on that final BOE target
+(pitfall 18); **we mask it**, so every real target is a real next byte. Every model type (byte
+LM, fixed-K patches, BLT) then sees the same row grid and scores the same targets, which keeps
+bits-per-byte comparable. (``final_target="next"`` instead scores the real next byte there.) With ``with_patches=True`` the document patch lengths are cut at the
+row boundary (the cut patch's tail opens the next row, split into ``[1, L-1]``) and the masked
+virtual target is counted in the last patch, so ``sum == N + 1`` again. Without, rows carry no
+patch lengths (a byte LM needs none).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from bltkit.data.vocab import BOE_ID, encode_tensor
+
+PatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Row:
+    """One packed row: ``ids``/``targets``/``mask`` (N,), ``patch_lengths`` (P,) summing to N+1 or None."""
+
+    ids: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    patch_lengths: Optional[torch.Tensor] = None
+
+    def to_dict(self) -> dict:
+        return {"ids": self.ids, "targets": self.targets, "mask": self.mask, "patch_lengths": self.patch_lengths}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Row":
+        return Row(d["ids"], d["targets"], d["mask"], d.get("patch_lengths"))
+
+
+def document_ids(doc: bytes) -> torch.Tensor:
+    """BOS + bytes + EOS as int64 ids (blt-reference §1, §7.3 step 2)."""
+    return encode_tensor(doc, bos=True, eos=True)
+
+
+def document_patch_lengths(ids: torch.Tensor, patch_fn: PatchFn, where: str = "document") -> torch.Tensor:
+    """``patch_fn(ids)`` checked: 1-D integers summing to ``len(ids)``; trailing zeros are dropped.
+
+    ``ValueError`` names ``where`` (source and document index) when the patcher breaks that.
+    """
+    pl = torch.as_tensor(patch_fn(ids))
+    if pl.dim() == 2 and pl.shape[0] == 1:
+        pl = pl[0]
+    if pl.dim() != 1 or pl.dtype.is_floating_point or pl.dtype == torch.bool:
+        raise ValueError(f"{where}: patch_fn must return 1-D integer lengths, got {pl.dtype} of shape {tuple(pl.shape)}")
+    pl = pl.to("cpu", torch.int64)
+    nz = (pl != 0).nonzero()
+    pl = pl[: int(nz.max()) + 1] if nz.numel() else pl[:0]
+    if bool((pl <= 0).any()):
+        raise ValueError(f"{where}: patch_fn returned a zero or negative length inside {pl.tolist()[:20]}")
+    if int(pl.sum()) != ids.numel():
+        raise ValueError(f"{where}: patch lengths sum to {int(pl.sum())}, expected the document length {ids.numel()} "
+                         f"(per document, include_next_token=False)")
+    return pl
+
+
+def first_patch_one(pl: torch.Tensor) -> torch.Tensor:
+    """Split a first patch of length L > 1 into ``[1, L-1]`` (pitfall 17)."""
+    if pl.numel() and int(pl[0]) > 1:
+        return torch.cat([pl.new_tensor([1, int(pl[0]) - 1]), pl[1:]])
+    return pl
+
+
+def cut_patch_lengths(pl: torch.Tensor, total: int) -> torch.Tensor:
+    """The patches that cover the first ``total`` positions, the one crossing ``total`` shortened."""
+    ends = torch.cumsum(pl, 0)
+    if total > (int(ends[-1]) if ends.numel() else 0):
+        raise ValueError(f"cannot cut patch lengths summing to {int(pl.sum())} at {total}")
+    k = int(torch.searchsorted(ends, torch.tensor(total, dtype=ends.dtype), right=False)) + 1  # patches touched
+    out = pl[:k].clone()
+    if k and int(ends[k - 1]) > total:
+        out[-1] -= int(ends[k - 1]) - total
+    return out
+
+
+class _Buffer:
+    """Concatenated ids (and patch lengths) of documents not yet packed."""
+
+    def __init__(self, with_patches: bool):
+        self.with_patches = with_patches
+        self.ids = torch.zeros(0, dtype=torch.int64)
+        self.pl = torch.zeros(0, dtype=torch.int64)
+
+    def add(self, ids: torch.Tensor, patch_lengths: Optional[torch.Tensor]) -> None:
+        ids = ids.to(torch.int64)
+        if self.with_patches:
+            if patch_lengths is None:
+                raise ValueError("this packer needs patch lengths for every document (pass a patch_fn)")
+            if int(patch_lengths.sum()) != ids.numel():
+                raise ValueError(f"patch lengths sum to {int(patch_lengths.sum())}, expected {ids.numel()}")
+            self.pl = torch.cat([self.pl, patch_lengths.to(torch.int64)])
+        self.ids = torch.cat([self.ids, ids])
+
+    def state_dict(self) -> dict:
+        return {"ids": self.ids.clone(), "pl": self.pl.clone()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.ids, self.pl = s["ids"].clone(), s["pl"].clone()
+
+
+class PatchPacker:
+    """Rows of exactly ``patches_per_row`` patches, the reference BLT packing (§7.3 steps 3-4)."""
+
+    def __init__(self, patches_per_row: int):
+        if patches_per_row < 2:
+            raise ValueError(f"patches_per_row must be >= 2 (BOS alone is one patch), got {patches_per_row}")
+        self.p = patches_per_row
+        self.buf = _Buffer(with_patches=True)
+
+    def add(self, ids: torch.Tensor, patch_lengths: torch.Tensor) -> None:
+        self.buf.add(ids, patch_lengths)
+
+    @staticmethod
+    def _row(tokens: torch.Tensor, pl: torch.Tensor) -> Row:
+        x, y = tokens[:-1], tokens[1:]
+        return Row(x.clone(), y.clone(), torch.ones(x.numel(), dtype=torch.bool), pl.clone())
+
+    def pop_rows(self) -> list[Row]:
+        """Every complete row the buffer holds."""
+        rows = []
+        while self.buf.pl.numel() >= self.p:
+            seq_pl = self.buf.pl[: self.p]
+            n = int(seq_pl.sum())
+            seq = self.buf.ids[:n]
+            self.buf.pl, self.buf.ids = self.buf.pl[self.p:], self.buf.ids[n:]
+            if int(seq_pl[0]) > 1:
+                # Split the first patch, drop the last one with its bytes: P stays fixed (pitfall 17).
+                seq_pl = first_patch_one(seq_pl)[: self.p]
+                seq = seq[: int(seq_pl.sum())]
+            rows.append(self._row(seq, seq_pl))
+        return rows
+
+    def flush(self) -> list[Row]:
+        """The final partial row (fewer patches), for a finite evaluation pass; empties the buffer."""
+        rows = []
+        if self.buf.ids.numel() >= 2:
+            rows.append(self._row(self.buf.ids, first_patch_one(self.buf.pl)))
+        self.buf = _Buffer(with_patches=True)
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buf.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.buf.load_state_dict(s["buffer"])
+
+
+def drop_positions(pl: torch.Tensor, n: int) -> torch.Tensor:
+    """Patch lengths of what follows the first ``n`` positions (a patch crossing ``n`` keeps its tail)."""
+    ends = torch.cumsum(pl, 0)
+    k = int(torch.searchsorted(ends, torch.tensor(n, dtype=ends.dtype), right=True))  # patches ending <= n
+    rest = pl[k:].clone()
+    if rest.numel():
+        rest[0] = int(ends[k]) - max(n, int(ends[k]) - int(pl[k]))
+    return rest
+
+
+class BytePacker:
+    """Rows of exactly ``row_len`` stream bytes; patch lengths cut at the row edge when kept.
+
+    ``final_target="masked"`` (default): the reference layout, each row's last target is a masked
+    BOE and rows do not overlap. ``"next"``: the last target is the real next stream byte, which
+    then also opens the next row as its first input, so every byte but the stream's first is a
+    target exactly once (the ids grid is the same in both).
+    """
+
+    def __init__(self, row_len: int, with_patches: bool = False, final_target: str = "masked"):
+        if row_len < 1:
+            raise ValueError(f"row_len must be >= 1, got {row_len}")
+        if final_target not in ("masked", "next"):
+            raise ValueError(f"final_target must be 'masked' or 'next', got {final_target!r}")
+        self.t = row_len
+        self.with_patches = with_patches
+        self.final_target = final_target
+        self.buf = _Buffer(with_patches=with_patches)
+
+    def add(self, ids: torch.Tensor, patch_lengths: Optional[torch.Tensor] = None) -> None:
+        self.buf.add(ids, patch_lengths)
+
+    def _take(self, n: int) -> Row:
+        nxt = self.final_target == "next" and self.buf.ids.numel() > n
+        tok = self.buf.ids[:n].clone()
+        if nxt:
+            y = self.buf.ids[1: n + 1].clone()
+            mask = torch.ones(n, dtype=torch.bool)
+        else:
+            y = torch.cat([tok[1:], tok.new_tensor([BOE_ID])])
+            mask = torch.ones(n, dtype=torch.bool)
+            mask[-1] = False  # the reference's BOE target at the row end (§7.2, pitfall 18): masked
+        pl = None
+        if self.with_patches:
+            if nxt:
+                pl = first_patch_one(cut_patch_lengths(self.buf.pl, n + 1))
+            else:
+                pl = first_patch_one(cut_patch_lengths(self.buf.pl, n))
+                # The masked virtual target: sum == N + 1 (§3.6); in the last patch, unless that is
+                # the 1-byte first patch, which must stay 1.
+                pl = torch.cat([pl, pl.new_tensor([1])]) if pl.numel() == 1 else pl
+                if int(pl.sum()) == n:
+                    pl[-1] += 1
+            self.buf.pl = drop_positions(self.buf.pl, n)
+        self.buf.ids = self.buf.ids[n:]
+        return Row(tok, y, mask, pl)
+
+    def pop_rows(self) -> list[Row]:
+        rows = []
+        need = self.t + (1 if self.final_target == "next" else 0)
+        while self.buf.ids.numel() >= need:
+            rows.append(self._take(self.t))
+        return rows
+
+    def flush(self) -> list[Row]:
+        """The final partial row (fewer bytes; ``collate`` pads it), for a finite pass."""
+        rows = [self._take(self.buf.ids.numel())] if self.buf.ids.numel() else []
+        self.buf = _Buffer(with_patches=self.with_patches)
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buf.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.buf.load_state_dict(s["buffer"])
+
+
+def truncate_row(row: Row, max_len: int) -> Row:
+    """Cut a row to ``max_len`` input bytes, shortening the boundary patch (§7.3 step 5)."""
+    if row.ids.numel() <= max_len:
+        return row
+    pl = None if row.patch_lengths is None else cut_patch_lengths(row.patch_lengths, max_len + 1)
+    return Row(row.ids[:max_len], row.targets[:max_len], row.mask[:max_len], pl)
+
+
+def collate(rows: Sequence[Row], pad_to: Optional[int] = None) -> dict:
+    """Stack rows into a batch, padding with BOE (mask False) folded into each row's last patch.
+
+    Returns ``{"ids", "targets": (B, N) int64, "mask": (B, N) bool}`` plus ``"patch_lengths":
+    (B, P) int64`` (right-padded with zeros) when the rows carry them; every row then sums to N+1.
+    ``N`` is ``pad_to`` or the longest row.
+    """
+    if not rows:
+        raise ValueError("collate: no rows")
+    longest = max(r.ids.numel() for r in rows)
+    n = longest if pad_to is None else pad_to
+    if longest > n:
+        raise ValueError(f"collate: a row holds {longest} bytes, more than pad_to={n} (truncate_row first)")
+    b = len(rows)
+    ids = torch.full((b, n), BOE_ID, dtype=torch.int64)
+    targets = torch.full((b, n), BOE_ID, dtype=torch.int64)
+    mask = torch.zeros((b, n), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        k = r.ids.numel()
+        ids[i, :k], targets[i, :k], mask[i, :k] = r.ids, r.targets, r.mask
+    out = {"ids": ids, "targets": targets, "mask": mask}
+    has_pl = [r.patch_lengths is not None for r in rows]
+    if any(has_pl):
+        if not all(has_pl):
+            raise ValueError("collate: some rows have patch lengths and some do not")
+        p = max(r.patch_lengths.numel() for r in rows)
+        pl = torch.zeros((b, p), dtype=torch.int64)
+        for i, r in enumerate(rows):
+            q = r.patch_lengths.clone()
+            q[-1] += n - r.ids.numel()  # padding folded into the last patch (§7.3 step 4)
+            pl[i, : q.numel()] = q
+        out["patch_lengths"] = pl
+    return out
+
+
+def shard_batch(batch: dict, rank: int, world_size: int) -> dict:
+    """Rows ``[rank*B/W, (rank+1)*B/W)`` of a global batch: rank r's share for data parallelism.
+
+    Every rank builds the same global batch (same padding width too), so the union over ranks
+    is exactly what one process at the same global batch sees.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    b = batch["ids"].shape[0]
+    if b % world_size:
+        raise ValueError(f"global batch of {b} rows does not split over {world_size} ranks")
+    k = b // world_size
+    return {key: v[rank * k:(rank + 1) * k] for key, v in batch.items()}
+
+
+__all__ = ["Row", "PatchFn", "document_ids", "document_patch_lengths", "first_patch_one", "cut_patch_lengths",
+           "drop_positions", "PatchPacker", "BytePacker", "truncate_row", "collate", "shard_batch"]
