@@ -1,0 +1,140 @@
+"""Show text split into patches, with each byte's entropy (blt-reference §3).
+
+    bltkit patch --entropy-model runs/entropy "The quick brown fox"        # calibrated threshold
+    bltkit patch --scheme static --patch-size 4 "The quick brown fox"
+    bltkit patch --model runs/blt --json "Hello"                           # a bundle's patcher
+    echo text | bltkit patch --scheme space -
+
+The text is patched as a document prefix: BOS + its bytes (no EOS), include_next_token=False.
+BOS always forms the first 1-byte patch and is left out of what is shown, so the patch lengths
+sum to N, the number of bytes of the text. The entropy shown for byte k is that of its own
+prediction (from BOS and bytes < k): with the global rule byte k > 0 starts a patch when it
+exceeds the threshold (strict, nats). ``--json`` prints
+``{"bytes": N, "patch_lengths": [...], "entropies": [...]}`` (entropies null without a model).
+Settings come from, lowest first: the entropy model's patcher.yaml (or the bundle's patcher),
+then these flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="text to patch ('-' reads standard input)")
+    parser.add_argument("--scheme", choices=["entropy", "monotonic", "static", "space", "byte"], default=None,
+                        help="patching scheme (default: the model's calibrated scheme, else entropy)")
+    parser.add_argument("--entropy-model", default=None, help="entropy model directory (config.yaml + model.safetensors)")
+    parser.add_argument("--model", default=None, help="bundle directory; its entropy model is DIR/entropy_model/")
+    parser.add_argument("--threshold", type=float, default=None, help="global (entropy) or relative (monotonic) threshold, nats")
+    parser.add_argument("--threshold-add", type=float, default=None, help="relative threshold of the global + monotonic rule")
+    parser.add_argument("--patch-size", type=int, default=None, help="K of the static scheme (default 4)")
+    parser.add_argument("--max-patch-length", type=int, default=None, help="split patches longer than this")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the text view")
+    parser.add_argument("--png", default=None, help="also draw entropies, threshold and boundaries to this PNG")
+
+
+def _settings(args):
+    from ..bundle import ENTROPY_SUBDIR, read_bundle
+    from ..config import from_dict
+    from ..patching.config import PatcherConfig, load_patcher_settings
+
+    if args.model and args.entropy_model:
+        raise ValueError("give --model (a bundle) or --entropy-model, not both")
+    em_dir, base = None, None
+    if args.model:
+        meta = read_bundle(args.model)
+        known = {f.name for f in fields(PatcherConfig)}
+        base = from_dict(PatcherConfig, {k: v for k, v in meta.patcher.items() if k in known and k != "entropy_model"},
+                         source=f"{args.model}/bundle.yaml")
+        if meta.has_entropy_model:
+            em_dir = Path(args.model) / ENTROPY_SUBDIR
+            calibrated = load_patcher_settings(em_dir)
+            if calibrated is not None and base.threshold is None and base.scheme == calibrated.scheme:
+                base = replace(base, threshold=calibrated.threshold, threshold_add=calibrated.threshold_add)
+    elif args.entropy_model:
+        em_dir = Path(args.entropy_model)
+        if not em_dir.is_dir():
+            raise FileNotFoundError(f"entropy model directory not found: {em_dir}")
+        base = load_patcher_settings(em_dir)
+    cfg = base or PatcherConfig()
+    if args.scheme and args.scheme != cfg.scheme:
+        cfg = replace(cfg, scheme=args.scheme, threshold=None, threshold_add=None)
+    overrides = {"threshold": args.threshold, "threshold_add": args.threshold_add, "patch_size": args.patch_size,
+                 "max_patch_length": args.max_patch_length}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None}, calibration=None)
+    if cfg.needs_scores and em_dir is None:
+        raise ValueError(f"scheme {cfg.scheme!r} needs an entropy model: give --entropy-model DIR or --model BUNDLE "
+                         "(or choose --scheme static, space or byte)")
+    cfg.check_ready()
+    return cfg, em_dir
+
+
+def _shown(b: bytes) -> str:
+    return b.decode("utf-8", errors="backslashreplace").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data.vocab import encode_tensor
+    from ..patching.patcher import Patcher
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    data = text.encode("utf-8", errors="surrogatepass")
+    cfg, em_dir = _settings(args)
+    scorer = None
+    if em_dir is not None:
+        from entropy_model.model import EntropyModel
+
+        scorer = EntropyModel.from_pretrained(em_dir)
+    patcher = Patcher(cfg, scorer=scorer)
+    ids = encode_tensor(data, bos=True, eos=False)  # (N + 1,)
+    res = patcher(ids[None], include_next_token=False)
+    lengths = res.rows()[0][1:]  # drop the BOS patch: lengths over the text's bytes, sum N
+    n = len(data)
+    ents = None
+    if res.scores is not None:
+        ents = res.scores[0, :n]
+    elif scorer is not None:
+        ents = patcher.entropies([ids])[0][:n]
+    ent_list = None if ents is None else [round(float(v), 4) for v in ents]
+    if args.png:
+        if ent_list is None:
+            raise ValueError("--png draws entropies: give --entropy-model DIR or --model BUNDLE")
+        from ..patching.plot import plot_patches
+
+        try:
+            plot_patches(args.png, ent_list, lengths, cfg.threshold, data, relative=cfg.scheme == "monotonic",
+                         title=f"{cfg.scheme} patching: {n} bytes, {len(lengths)} patches")
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+    if args.json:
+        print(json.dumps({"bytes": n, "patch_lengths": lengths, "entropies": ent_list}))
+        return 0
+    rule = {"entropy": f"global threshold {cfg.threshold}", "monotonic": f"relative threshold {cfg.threshold}",
+            "static": f"K = {cfg.patch_size}", "space": "SpaceByte rule", "byte": "one patch a byte"}[cfg.scheme]
+    if cfg.threshold_add is not None:
+        rule += f" + relative {cfg.threshold_add}"
+    if cfg.max_patch_length:
+        rule += f", max patch length {cfg.max_patch_length}"
+    mean = n / len(lengths) if lengths else 0.0
+    print(f"{cfg.scheme} ({rule}): {n} bytes in {len(lengths)} patches, mean {mean:.2f} bytes a patch")
+    pieces, start = [], 0
+    for length in lengths:
+        pieces.append(data[start:start + length])
+        start += length
+    print("|" + "|".join(_shown(p) for p in pieces) + "|")
+    if ents is not None:
+        print(f"{'patch':>5} {'bytes':>5}  {'max H':>6}  text / entropy of each byte's prediction (nats)")
+        start = 0
+        for k, (length, p) in enumerate(zip(lengths, pieces)):
+            seg = ents[start:start + length]
+            print(f"{k:>5} {length:>5}  {float(seg.max()):6.3f}  {_shown(p)!s:<16} " + " ".join(f"{float(v):.2f}" for v in seg))
+            start += length
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0

@@ -1,0 +1,181 @@
+"""Next-byte entropies of byte rows under a scorer (blt-reference §2 "Entropy definition",
+"Batching and length handling"; pitfalls 13, 14).
+
+``H_t = -Σ_v p_t(v) ln p_t(v)`` over the 260 ids, in **nats**: the uncertainty about byte t+1
+given bytes ≤ t. Uniform logits give ln 260 ≈ 5.5607.
+
+How this differs from the reference's ``calculate_entropies``, on purpose:
+- **Per row.** The reference flattens the batch, so a row's first bytes see the previous row as
+  context. Here every row is scored on its own: a row's entropies never depend on the other rows
+  it is batched with (up to float rounding of differently-shaped kernels).
+- **Streaming without a context cut.** The reference restarts context every 8192 flattened
+  positions. Here a row longer than one chunk is cut into chunks that overlap by the scorer's
+  ``receptive_field``; the overlap is context only and its outputs are dropped. For a windowed
+  stack that is ``n_layers * (window - 1)``, not ``window - 1``: each layer attends ``window - 1``
+  positions back to states that themselves saw ``window - 1`` further back (an overlap of
+  ``window - 1`` changes outputs of a 2-layer model by ~0.1 nat; tests/test_entropy_model.py).
+  RoPE is relative (q·k depends on position differences only), so positions restart at 0 in
+  every chunk and the kept outputs equal the single-pass outputs on the whole row. A scorer
+  without ``receptive_field`` (e.g. full causal attention) is always run on whole rows.
+- **Precision.** ``precision="auto"`` runs bf16 autocast on CUDA (as the reference's bf16 model)
+  and fp32 elsewhere; the entropy itself is computed in fp32 from the logits.
+
+A *scorer* is any ``nn.Module`` mapping ids (B, T) to next-byte logits (B, T, 260). Optional
+attributes: ``receptive_field`` (int: how far back an output can depend on the input; enables
+streaming) and ``max_seqlen`` (a chunk-size hint).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from bltkit.data.vocab import BOE_ID, VOCAB_SIZE
+
+LN_VOCAB = math.log(VOCAB_SIZE)  # entropy of uniform logits, nats
+
+Rows = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats over the last axis, fp32: logits (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def _scorer_device(scorer: nn.Module, fallback: torch.device) -> torch.device:
+    for p in scorer.parameters():
+        return p.device
+    return fallback
+
+
+def default_chunk_len(scorer: nn.Module, device: torch.device) -> Optional[int]:
+    """Chunk length for streaming, or None to run whole rows (no ``receptive_field``).
+
+    A chunk keeps ``chunk - receptive_field`` outputs, so chunks are a few receptive fields long.
+    Dense (CPU) attention costs chunk² a layer: there, a receptive field plus at least 1024 kept
+    positions. FlexAttention (CUDA) skips masked blocks: at least ``max_seqlen`` and 4 receptive
+    fields (paper model: 14 x 511 = 7154 back, 28616-position chunks, 75% kept).
+    """
+    rf = getattr(scorer, "receptive_field", None)
+    if rf is None:
+        return None
+    rf = int(rf)
+    if device.type == "cuda":
+        return max(int(getattr(scorer, "max_seqlen", 8192)), 4 * rf)
+    return rf + max(1024, rf)
+
+
+def _pieces(length: int, chunk: Optional[int], context: int) -> list[tuple[int, int, int]]:
+    """(input start, output start, end) of each chunk of a row of ``length`` positions.
+
+    Chunk k reads positions [input start, end) and keeps outputs [output start, end); every chunk
+    reads at most ``chunk`` positions and at least ``context`` positions before its first output
+    (or the row start).
+    """
+    if chunk is None or length <= chunk:
+        return [(0, 0, length)]
+    stride = chunk - context
+    out, a = [], 0
+    while a < length:
+        s = max(0, a - context)
+        e = min(length, s + chunk)
+        out.append((s, a, e))
+        a = e
+    assert stride > 0
+    return out
+
+
+@torch.inference_mode()
+def compute_entropies(
+    scorer: nn.Module,
+    rows: Rows,
+    *,
+    return_logits: bool = False,
+    precision: str = "auto",
+    chunk_len: Optional[int] = None,
+    batch_size: int = 16,
+):
+    """Entropies (nats, fp32) of every position of ``rows``, and optionally the logits.
+
+    ``rows``: ids (B, T) — every position counts as real — or a list of 1-D id tensors of any
+    lengths. Returns entropies in the same form: (B, T), or a list of (T_b,) tensors; with
+    ``return_logits`` a pair ``(entropies, logits)`` with logits (B, T, V) / list of (T_b, V).
+    Results are on the device of the input rows.
+
+    ``chunk_len`` (default: ``default_chunk_len``) streams rows longer than it in chunks that
+    overlap by the scorer's ``receptive_field``; ``batch_size`` chunks go through the scorer at a time.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    as_tensor = isinstance(rows, torch.Tensor)
+    if as_tensor:
+        if rows.dim() != 2:
+            raise ValueError(f"rows must be ids (batch, positions) or a list of 1-D id tensors, got shape {tuple(rows.shape)}")
+        row_list = list(rows.unbind(0))
+        out_device = rows.device
+    else:
+        row_list = [torch.as_tensor(r, dtype=torch.int64) for r in rows]
+        for i, r in enumerate(row_list):
+            if r.dim() != 1:
+                raise ValueError(f"row {i} must be 1-D ids, got shape {tuple(r.shape)}")
+        out_device = row_list[0].device if row_list else torch.device("cpu")
+    device = _scorer_device(scorer, out_device)
+    rf = getattr(scorer, "receptive_field", None)
+    chunk = chunk_len if chunk_len is not None else default_chunk_len(scorer, device)
+    context = 0 if rf is None else int(rf)
+    if rf is None:
+        chunk = None  # unbounded reach (full causal attention): only whole rows are exact
+    elif chunk is not None and chunk <= context:
+        raise ValueError(f"chunk_len {chunk} must exceed the overlap (receptive field) {context}")
+
+    # Every chunk of every row, as (row, input start, output start, end); grouped by length so a
+    # batch pads little (right padding with BOE only changes padded positions: attention is causal).
+    jobs = [(i, s, a, e) for i, r in enumerate(row_list) for (s, a, e) in _pieces(int(r.numel()), chunk, context)
+            if e > s]
+    jobs.sort(key=lambda j: j[3] - j[1])
+    ent_parts: list[list[tuple[int, torch.Tensor]]] = [[] for _ in row_list]
+    logit_parts: list[list[tuple[int, torch.Tensor]]] = [[] for _ in row_list]
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    was_training = scorer.training
+    scorer.eval()
+    try:
+        for k in range(0, len(jobs), batch_size):
+            group = jobs[k:k + batch_size]
+            width = max(e - s for _, s, _, e in group)
+            x = torch.full((len(group), width), BOE_ID, dtype=torch.int64, device=device)  # (b, C)
+            for j, (i, s, a, e) in enumerate(group):
+                x[j, : e - s] = row_list[i][s:e].to(device)
+            with autocast:
+                logits = scorer(x)  # (b, C, V)
+            logits = logits.float()
+            ents = entropy(logits)  # (b, C)
+            for j, (i, s, a, e) in enumerate(group):
+                ent_parts[i].append((a, ents[j, a - s: e - s]))
+                if return_logits:
+                    logit_parts[i].append((a, logits[j, a - s: e - s]))
+    finally:
+        scorer.train(was_training)
+
+    def assemble(parts, i, tail):
+        pieces = [t for _, t in sorted(parts[i], key=lambda p: p[0])]
+        if not pieces:
+            return torch.zeros((0,) + tail, dtype=torch.float32, device=out_device)
+        return torch.cat(pieces).to(out_device)
+
+    ents = [assemble(ent_parts, i, ()) for i in range(len(row_list))]
+    logits_out = [assemble(logit_parts, i, (VOCAB_SIZE,)) for i in range(len(row_list))] if return_logits else None
+    if as_tensor:
+        b, t = rows.shape
+        ents_t = torch.stack(ents) if b else torch.zeros(0, t, device=out_device)
+        if return_logits:
+            logits_t = torch.stack(logits_out) if b else torch.zeros(0, t, VOCAB_SIZE, device=out_device)
+            return ents_t, logits_t
+        return ents_t
+    return (ents, logits_out) if return_logits else ents

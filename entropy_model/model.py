@@ -1,0 +1,195 @@
+"""The entropy model: a small byte-level LM whose next-byte uncertainty decides where patches
+start (blt-reference §2; BLT paper §2.3).
+
+Axes: B batch rows, T byte positions, D model width, V vocabulary (260).
+
+It is the reference ``LMTransformer``: ``tok_embeddings`` -> ``layers.{i}`` (the shared pre-norm
+``TransformerBlock``) -> ``norm`` -> ``output`` (no bias, no weight tying). The parameter names are
+the reference's, so its checkpoints import by name.
+
+Attention is *local block-causal* (§2, pitfall 8): query t sees keys s with ``t - window < s <= t``
+in the same document, a document ending at and including EOS. RoPE positions are absolute in the
+row and are not reset at documents. One layer sees ``window - 1`` positions back, so the whole
+stack's output at t depends on positions ``t - receptive_field .. t`` only, with
+``receptive_field = n_layers * (window - 1)`` (each layer widens the reach of the one below). A
+long document therefore streams through in chunks overlapping by ``receptive_field`` with
+identical results (``entropy_model.entropies``); an overlap of only ``window - 1`` is *not* enough
+for more than one layer.
+
+Unlike the reference loader this module never switches the global dtype nor names a device
+(layout.md): precision is the caller's autocast; logits come back in fp32. The loss lives outside
+(the trainer computes cross-entropy on ``model(ids)``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from bltkit import config as cfgio
+from bltkit.data.vocab import VOCAB_SIZE, check_ids
+from bltkit.nn import RMSNorm, TransformerBlock, ffn_hidden_dim, rope_angles, trunc_normal_
+from bltkit.nn.masks import document_ids, local_causal_block_mask, local_causal_mask
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+PATCHER_FILE = "patcher.yaml"  # written by ``bltkit calibrate`` beside the weights
+
+
+@dataclass
+class EntropyModelConfig:
+    """Sizes of the entropy model. The reference "transformer_100m" is dim 768, 14 layers, 12 heads,
+    window 512, rope_theta 10000 (its loader hard-codes the last two; §2)."""
+
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None
+    ffn_dim_multiplier: float = 1.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    window: Optional[int] = 512  # None: full causal attention (HF BltPatcher behaviour, §2)
+    doc_reset: bool = True  # attention resets after EOS, as in the reference
+    vocab_size: int = VOCAB_SIZE
+    max_seqlen: int = 8192  # the reference's training row length; entropies.py chunks rows near it
+    attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
+
+    def validate(self) -> None:
+        if self.dim < 1 or self.n_layers < 1 or self.n_heads < 1:
+            raise ValueError(f"dim {self.dim}, n_layers {self.n_layers}, n_heads {self.n_heads} must be >= 1")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for RoPE")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 or null, got {self.window}")
+        if self.vocab_size != VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be {VOCAB_SIZE} (256 bytes + 4 specials), got {self.vocab_size}")
+        if self.max_seqlen < 1:
+            raise ValueError(f"max_seqlen must be >= 1, got {self.max_seqlen}")
+        if not self.ffn_dim_multiplier > 0 or not self.norm_eps > 0 or not self.rope_theta > 0:
+            raise ValueError(f"ffn_dim_multiplier {self.ffn_dim_multiplier}, norm_eps {self.norm_eps} and "
+                             f"rope_theta {self.rope_theta} must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden(self) -> int:
+        """SwiGLU width with the reference's rounding: 512 -> 1536, 768 -> 2048 (§4.2)."""
+        return ffn_hidden_dim(self.dim, self.ffn_dim_multiplier)
+
+
+def load_entropy_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> EntropyModelConfig:
+    """A config from a YAML path or a shipped name under ``configs/entropy/`` (tiny, small, paper)."""
+    p = cfgio.resolve_config_path(name_or_path, "entropy")
+    data = cfgio.read_yaml(p)
+    if overrides:
+        cfgio.apply_overrides(data, overrides, source=str(p))
+    return cfgio.from_dict(EntropyModelConfig, data, source=str(p))
+
+
+class EntropyModel(nn.Module):
+    def __init__(self, config: EntropyModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(
+            TransformerBlock(config.dim, config.n_heads, config.hidden, config.n_kv_heads, None, config.norm_eps)
+            for _ in range(config.n_layers)
+        )
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    @property
+    def window(self) -> Optional[int]:
+        """How far back attention reaches; the streaming entropy computation relies on it."""
+        return self.config.window
+
+    @property
+    def receptive_field(self) -> Optional[int]:
+        """How many positions back the output at t can depend on: ``n_layers * (window - 1)``."""
+        w = self.config.window
+        return None if w is None else self.config.n_layers * (w - 1)
+
+    @property
+    def max_seqlen(self) -> int:
+        return self.config.max_seqlen
+
+    def forward(self, ids: torch.Tensor, attn_impl: Optional[str] = None, validate: bool = True) -> torch.Tensor:
+        """Next-byte logits (B, T, V) in fp32 for ``ids`` (B, T): logits[:, t] predict ids[:, t+1]."""
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (batch, positions), got shape {tuple(ids.shape)}")
+        b, t = ids.shape
+        if validate:
+            check_ids(ids)
+        impl = attn_impl or self.config.attn_impl
+        if impl == "auto":
+            impl = "flex" if ids.is_cuda else "sdpa"
+        if impl not in ("sdpa", "flex"):
+            raise ValueError(f"attn_impl must be 'sdpa', 'flex' or 'auto', got {impl!r}")
+        cfg = self.config
+        pos = torch.arange(t, device=ids.device)  # absolute positions in the row, never reset
+        rope = rope_angles(pos, cfg.head_dim, cfg.rope_theta)  # cos, sin: (T, hd/2)
+        doc = document_ids(ids) if cfg.doc_reset else torch.zeros_like(ids, dtype=torch.int32)  # (B, T)
+        if impl == "flex":
+            mask = local_causal_block_mask(doc, cfg.window, cfg.doc_reset)
+        else:
+            mask = local_causal_mask(doc, doc, pos, pos, cfg.window, cfg.doc_reset)  # (B, 1, T, T)
+        h = self.tok_embeddings(ids)  # (B, T, D)
+        for layer in self.layers:
+            h = layer(h, rope, mask)
+        return self.output(self.norm(h)).float()  # (B, T, V)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Trunc-normal at ±3σ (pitfall 23): σ = dim^-0.5 for ``tok_embeddings`` and ``output``;
+        each block's attention/FFN by its own ``reset_parameters`` (dim^-0.5, w2 hidden^-0.5);
+        norm weights 1."""
+        std = self.config.dim ** -0.5
+        trunc_normal_(self.tok_embeddings.weight, std)
+        trunc_normal_(self.output.weight, std)
+        for layer in self.layers:
+            layer.reset_parameters()
+        self.norm.reset_parameters()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- persistence: DIR/config.yaml + DIR/model.safetensors --------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.yaml`` and ``model.safetensors`` (each atomically); a ``patcher.yaml``
+        already in the directory is left alone."""
+        from bltkit.model.blt import save_config_and_weights
+
+        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: Optional[torch.dtype] = None) -> "EntropyModel":
+        """Load a directory written by ``save_pretrained``. A missing directory or file raises
+        ``FileNotFoundError`` naming it; a missing, unexpected or mis-shaped tensor raises
+        ``ValueError`` naming the tensor and the file."""
+        from bltkit.model.blt import load_weights_into
+
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"entropy model directory not found: {d}")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"entropy model directory {d} has no {name}")
+        cfg = cfgio.from_dict(EntropyModelConfig, cfgio.read_yaml(d / CONFIG_FILE), source=str(d / CONFIG_FILE))
+        with torch.device("meta"):
+            model = cls(cfg)
+        load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
+        return model
