@@ -1,0 +1,111 @@
+"""The entropy model behind the entropy-patched variants: one model, trained (or given) once per
+comparison, its threshold calibrated to a target mean patch length (BLT paper §2.3; blt-reference
+§2, §3.4), then shared by every variant whose ``patcher.scheme`` is ``entropy``.
+
+Training goes through the one loop (kind ``entropy``, ``bltkit train-entropy``); calibration and
+patching through the patching package (``entropy_model.calibrate``, ``bltkit.patching.entropy``).
+Variant patcher settings are filled in, never overridden: a variant that gives its own
+``threshold`` or ``entropy_model`` keeps it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional
+
+from ..training.config import train_config_from_dict
+
+ENTROPY_DIR = "_entropy_model"
+
+
+class EntropyPatching:
+    def __init__(self, cfg, out: Path, source: str, config_dir: Optional[Path]):
+        self.cfg, self.out, self.source, self.config_dir = cfg, out, source, config_dir
+        self.model_dir: Optional[Path] = None
+        self.threshold: Optional[float] = None
+        self.calibrated_mean: Optional[float] = None
+        self.train_flops: int = 0
+
+    def resolve(self, patcher: dict[str, Any]) -> dict[str, Any]:
+        """``patcher`` with the shared entropy model and calibrated threshold filled in."""
+        if patcher.get("scheme") != "entropy":
+            return dict(patcher)
+        out = dict(patcher)
+        if "entropy_model" not in out or "threshold" not in out:
+            self._prepare()
+            out.setdefault("entropy_model", str(self.model_dir))
+            out.setdefault("threshold", self.threshold)
+        return out
+
+    def summary(self) -> Optional[dict]:
+        if self.model_dir is None:
+            return None
+        return {"dir": str(self.model_dir), "threshold": self.threshold, "calibrated_mean_patch_length": self.calibrated_mean,
+                "target_mean_patch_length": self.setup.target_mean_patch_length, "training_flops": self.train_flops}
+
+    @property
+    def setup(self):
+        if self.cfg.entropy is None:
+            raise ValueError(f"{self.source}: a variant uses patcher.scheme 'entropy' but the config has no "
+                             f"'entropy:' section (give entropy.model or entropy.train)")
+        return self.cfg.entropy
+
+    def _prepare(self) -> None:
+        if self.model_dir is not None:
+            return
+        setup = self.setup
+        if setup.model is not None:
+            d = Path(setup.model)
+            if not d.is_absolute() and not d.exists() and self.config_dir is not None:
+                d = self.config_dir / d
+            if not d.is_dir():
+                raise FileNotFoundError(f"entropy.model directory not found: {d}")
+            self.model_dir = d / "model" if (d / "model" / "config.yaml").is_file() else d
+        else:
+            self.model_dir = self._train()
+        self.threshold, self.calibrated_mean = calibrate(self.model_dir, self._calibration_docs(),
+                                                         setup.target_mean_patch_length)
+
+    def _train(self) -> Path:
+        from ..training.loop import train
+        from ..training.metrics import read_metrics
+
+        data = copy.deepcopy(self.setup.train)
+        data["kind"] = "entropy"
+        data.setdefault("data", copy.deepcopy(self.cfg.base.get("data", {})))
+        data.setdefault("checkpoint_every", 0)
+        tc = train_config_from_dict(data, source=f"{self.source} entropy.train")
+        d = self.out / ENTROPY_DIR
+        if (d / "bundle.yaml").is_file():  # trained by an earlier run of this comparison
+            return d / "model"
+        r = train(tc, d, config_dir=self.config_dir)
+        self.train_flops = r.flops
+        return d / "model"
+
+    def _calibration_docs(self) -> list[bytes]:
+        from ..data.sources import DataSource, SourceConfig, is_heldout
+
+        d = self.cfg.base.get("data", {})
+        limit = self.setup.calibration_bytes
+        docs, total = [], 0
+        for spec in d.get("train", ["builtin"]):
+            src = DataSource(SourceConfig(path=spec, text_field=d.get("text_field", "text")))
+            frac = 0.0 if (d.get("eval") or src.heldout_source() is not None) else d.get("eval_fraction", 0.05)
+            for doc in src.documents():
+                if total >= limit:
+                    return docs
+                if not is_heldout(doc, frac):
+                    docs.append(doc)
+                    total += len(doc)
+        return docs
+
+
+def calibrate(model_dir: Path, docs: list[bytes], target: float) -> tuple[float, float]:
+    """(threshold, mean patch length it gives) on ``docs`` for the entropy model in ``model_dir``
+    (the patching package's exact bisection, ``entropy_model.calibrate``)."""
+    from entropy_model.calibrate import calibrate_threshold, document_entropies
+    from entropy_model.model import EntropyModel
+
+    model = EntropyModel.from_pretrained(model_dir)
+    res = calibrate_threshold(document_entropies(model, docs), target)
+    return float(res.threshold), float(res.achieved_mean)

@@ -1,0 +1,150 @@
+"""Train every variant of a comparison at the matched budget and gather its figures.
+
+Each variant is planned (``patchtrain.schedule.plan``: steps from the budget, measured on the
+variant's own batches) and run with the one training loop (``run_phases``); its directory
+``OUT/<name>/`` is the final phase's bundle (``bltkit.load`` reads it). A fixed-K variant's
+patch phase lives in ``OUT/<name>/patch_phase/``. Held-out bits per byte are the loop's, on the
+rows of ``base.data`` that every variant shares (measurement.md); training FLOPs are the loop's
+cumulative count (3 x forward, ``training.flops``); the entropy model's patching FLOPs are
+reported apart (measurement.md "FLOPs"). ``mean_patch_length`` is training bytes per position of
+the global / backbone model: the BLT's patches, K for a patch phase, 1 for a byte phase.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import config as cfgio
+from ..patchtrain.schedule import Phase, PatchTrainConfig, PhasedResult, patch_train_phases, plan, run_phases
+from ..training.config import TrainConfig, train_config_from_dict
+from .config import CompareConfig, VariantConfig
+
+
+@dataclass
+class VariantResult:
+    name: str
+    kind: str
+    training_flops: int
+    bytes_seen: int
+    parameters: int
+    parameters_non_embedding: int
+    heldout_bpb: Optional[float]
+    mean_patch_length: float
+    wall_clock_s: float
+    entropy_flops: int = 0
+    patch_size: int = 1
+    patch_fraction: float = 0.0
+    patcher: dict = field(default_factory=dict)
+    dir: str = ""
+    phases: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+
+
+def variant_train_config(cfg: CompareConfig, v: VariantConfig, source: str, patcher: Optional[dict] = None) -> TrainConfig:
+    """The shared ``base`` with the variant's kind, model, patcher and ``set`` overrides."""
+    data: dict[str, Any] = copy.deepcopy(cfg.base)
+    data.update(kind=v.kind, model=v.model, model_overrides=list(v.model_overrides))
+    if v.kind == "blt":
+        data["patcher"] = dict(patcher if patcher is not None else v.patcher)
+    data.setdefault("checkpoint_every", 0)
+    data.setdefault("log_every", 1)
+    if v.set:
+        cfgio.apply_overrides(data, list(v.set), source=f"{source} variant {v.name!r}")
+    return train_config_from_dict(data, source=f"{source} (variant {v.name!r})")
+
+
+def variant_phases(cfg: CompareConfig, v: VariantConfig, source: str, resolve_patcher, out: Path) -> list[Phase]:
+    """The variant's phases before planning. ``resolve_patcher(dict) -> dict`` fills in entropy settings."""
+    if v.kind == "bytelm":
+        pt = PatchTrainConfig(patch_size=v.patch_size, patch_fraction=v.patch_fraction,
+                              patch_phase=v.patch_phase, byte_phase=v.byte_phase)
+        return patch_train_phases(variant_train_config(cfg, v, source), pt)
+    final = variant_train_config(cfg, v, source, resolve_patcher(v.patcher))
+    if v.init_global_from:
+        final.task = dict(final.task, init_global_from=str((out / v.init_global_from).resolve()))
+    phases = []
+    lam = v.patch_fraction
+    if lam > 0:  # BLT two-phase (the extension): static K-byte patches first, weights kept
+        first_patcher = v.patch_phase_patcher or {"scheme": "static", "patch_size": v.patch_size if v.patch_size > 1 else 4}
+        first = variant_train_config(cfg, v, source, resolve_patcher(first_patcher))
+        first.task = dict(final.task)
+        if v.patch_phase.optim is not None:
+            first.optim = copy.deepcopy(v.patch_phase.optim)
+        if v.patch_phase.schedule is not None:
+            first.schedule = copy.deepcopy(v.patch_phase.schedule)
+        phases.append(Phase("patch", first, lam))
+        final.task.pop("init_global_from", None)  # the second phase starts from the first
+    if lam < 1:
+        if v.byte_phase.optim is not None:
+            final.optim = copy.deepcopy(v.byte_phase.optim)
+        if v.byte_phase.schedule is not None:
+            final.schedule = copy.deepcopy(v.byte_phase.schedule)
+        phases.append(Phase("main" if lam > 0 else "blt", final, 1.0 - lam))
+    return phases
+
+
+def _count_parameters(bundle_dir: Path) -> tuple[int, int]:
+    from ..bundle import load_bundle_models
+
+    _, model, _ = load_bundle_models(bundle_dir)
+    return model.num_parameters(), model.num_parameters(exclude_embeddings=True)
+
+
+def _mean_patch_length(phases: list[Phase], res: PhasedResult) -> float:
+    """Training bytes per backbone position over the whole run (see the module docstring)."""
+    from ..training.metrics import read_metrics
+
+    positions = 0.0
+    for ph, info in zip(phases, res.phases):
+        k = ph.config.task.get("patch_size", 1) if ph.config.kind == "bytelm" else None
+        if k is not None:
+            positions += info["bytes"] / k
+            continue
+        recs = [r for r in read_metrics(info["dir"]) if r.get("mean_patch_length")]
+        mpl = sum(r["mean_patch_length"] for r in recs) / len(recs) if recs else 1.0
+        positions += info["bytes"] / mpl
+    return res.bytes / positions if positions else 1.0
+
+
+def _entropy_flops(res: PhasedResult) -> int:
+    from ..training.metrics import read_metrics
+
+    total = 0
+    for info in res.phases:
+        recs = [r for r in read_metrics(info["dir"]) if "entropy_flops" in r]
+        total += int(recs[-1]["entropy_flops"]) if recs else 0
+    return total
+
+
+def run_variant(cfg: CompareConfig, v: VariantConfig, out: Path, source: str, config_dir: Optional[Path],
+                resolve_patcher) -> VariantResult:
+    phases = plan(variant_phases(cfg, v, source, resolve_patcher, out), cfg.budget, config_dir)
+    for ph in phases:
+        ph.config.eval_every = max(1, ph.config.steps // cfg.eval_points)
+    res = run_phases(phases, out / v.name, config_dir)
+    params, params_ne = _count_parameters(res.out_dir)
+    return VariantResult(
+        name=v.name, kind=v.kind, training_flops=res.flops, bytes_seen=res.bytes, parameters=params,
+        parameters_non_embedding=params_ne, heldout_bpb=res.bpb, mean_patch_length=_mean_patch_length(phases, res),
+        wall_clock_s=res.wall_s, entropy_flops=_entropy_flops(res), patch_size=v.patch_size,
+        patch_fraction=v.patch_fraction, patcher=dict(phases[-1].config.patcher) if v.kind == "blt" else {},
+        dir=str(res.out_dir), phases=res.phases, curve=res.curve)
+
+
+def run_compare(cfg: CompareConfig, out_dir: str | Path, source: str = "config", config_dir: Optional[Path] = None,
+                only: Optional[list[str]] = None) -> list[VariantResult]:
+    """Train the (selected) variants into ``out_dir`` and write the results (report.py)."""
+    from .entropy import EntropyPatching
+    from .report import write_report
+
+    variants = cfg.select(only)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entropy = EntropyPatching(cfg, out, source, config_dir)
+    results: list[VariantResult] = []
+    for v in variants:
+        results.append(run_variant(cfg, v, out, source, config_dir, entropy.resolve))
+        write_report(cfg, results, out, entropy.summary())  # after every variant: partial results survive
+    return results

@@ -1,0 +1,101 @@
+"""Data side shared by the byte-stream tasks (BLT, entropy model): documents packed into rows.
+
+Documents come from the data pipeline's sources (``bltkit.data.sources``: files, folders, globs,
+``builtin``, ``hf:``). Held-out documents are ``data.eval`` when given; otherwise each training
+source's own held-out split (``builtin`` -> its fixed ``valid`` files; other sources -> the
+hash-chosen ``data.eval_fraction`` of documents, ``sources.is_heldout``), which training never sees.
+Rows are packed once (batches.py), on first use, and shared by the train and eval sides.
+
+With ``stream:`` set, batches come from the data pipeline's streaming loader instead
+(``bltkit.data.loader``: source mixtures, the reference's patch-count packing, documents patched
+as they stream in), and held-out batches from its ``heldout_batches``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .batches import PatchFn, Rows, StepBatches, eval_batches, pack_rows
+from .task import Task
+
+
+class PackedDataTask(Task):
+    def patch_fn(self) -> Optional[PatchFn]:
+        """Document ids (T,) -> patch lengths summing to T, or None for byte-level models."""
+        return None
+
+    def _resolve(self, spec: str) -> str:
+        """A relative path is tried as given, then beside the run config."""
+        p = Path(spec)
+        if spec.startswith(("builtin", "hf:")) or p.is_absolute() or p.exists() or self.config_dir is None:
+            return spec
+        cand = self.config_dir / spec
+        return str(cand) if cand.exists() else spec
+
+    def _documents(self) -> tuple[list[bytes], list[bytes], list[str]]:
+        from ..data.sources import DataSource, SourceConfig, is_heldout
+
+        d = self.cfg.data
+        specs = [self._resolve(s) for s in d.train]
+        sources = [DataSource(SourceConfig(path=s, text_field=d.text_field)) for s in specs]  # names a missing path
+        train: list[bytes] = []
+        held: list[bytes] = []
+        total = 0
+        for src in sources:
+            frac = 0.0 if (d.eval or src.heldout_source() is not None) else d.eval_fraction
+            for doc in src.documents():
+                if d.limit_bytes is not None and total >= d.limit_bytes:
+                    break
+                if not is_heldout(doc, frac):
+                    train.append(doc)
+                    total += len(doc)
+            if not d.eval:
+                explicit = src.heldout_source()
+                held.extend(explicit.documents() if explicit is not None
+                            else (doc for doc in src.documents() if is_heldout(doc, d.eval_fraction)))
+        if d.eval:
+            for s in d.eval:
+                src = DataSource(SourceConfig(path=self._resolve(s), text_field=d.text_field))
+                held.extend(src.documents())
+        if not train:
+            raise ValueError(f"empty corpus: data.train {specs} holds no training documents")
+        if not held:
+            raise ValueError(f"no held-out documents for data.train {specs}: give data.eval or raise data.eval_fraction")
+        return train, held, specs
+
+    def _rows(self) -> tuple[Rows, Rows]:
+        if getattr(self, "_cached_rows", None) is None:
+            train_docs, held_docs, specs = self._documents()
+            fn = self.patch_fn()
+            seq = self.cfg.data.seq_len
+            self._cached_rows = (pack_rows(train_docs, seq, fn, where=f"data.train {specs}"),
+                                 pack_rows(held_docs, seq, fn, where="the held-out data"))
+        return self._cached_rows
+
+    def train_batches(self, rank: int, world_size: int):
+        if self.cfg.stream is not None:
+            from ..data.loader import DataLoader
+
+            return DataLoader(self._stream_config(), self.patch_fn(), rank=rank, world_size=world_size)
+        d = self.cfg.data
+        return StepBatches(self._rows()[0], d.batch_size, rank, world_size, seed=self.cfg.seed, shuffle=d.shuffle)
+
+    def eval_batches(self) -> list[dict[str, torch.Tensor]]:
+        d = self.cfg.data
+        if self.cfg.stream is not None:
+            from ..data.loader import heldout_batches
+
+            sc = self._stream_config()
+            return heldout_batches(sc, self.patch_fn(), max_batches=-(-d.eval_rows // sc.batch_size))
+        return eval_batches(self._rows()[1], d.eval_rows, d.batch_size)
+
+    def _stream_config(self):
+        """The run's ``stream:`` mapping as the data pipeline's ``DataConfig`` (seeded by the run)."""
+        from .. import config as cfgio
+        from ..data.loader import DataConfig
+
+        data = dict(self.cfg.stream)
+        data.setdefault("seed", self.cfg.seed)
+        return cfgio.from_dict(DataConfig, data, source="the run config's stream:", prefix="stream")
