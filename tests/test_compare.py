@@ -88,7 +88,7 @@ def test_blt_two_phase_and_global_init_run(tmp_path):
     """The extension end to end at a tiny byte budget: a patch-trained ByteLM (λ=1) initialises a
     BLT's global model, which then runs two phases; only the weights cross the transition (the
     phases share the patcher here so that held-out bpb shows it exactly)."""
-    base = {"data": {"train": ["builtin"], "eval": ["builtin/devil:valid"], "limit_bytes": 30000, "seq_len": 32,
+    base = {"data": {"train": ["builtin"], "eval": ["builtin/devil:valid"], "limit_bytes": 8000, "seq_len": 32,
                      "batch_size": 4, "eval_rows": 4}, "optim": {"lr": 1e-3}, "progress": False}
     variants = [{"name": "k4", "kind": "bytelm", "model": "tiny", "patch_size": 4, "patch_fraction": 1.0},
                 {"name": "blt", "kind": "blt", "model": "tiny", "patcher": {"scheme": "space"}, "init_global_from": "k4",

@@ -158,7 +158,7 @@ def run_config(tmp_path, **task):
         cfgio.write_yaml(SMALL, yaml)
     return train_config_from_dict({
         "kind": "bytelm", "model": str(yaml), "task": task,
-        "data": {"train": ["builtin"], "limit_bytes": 60000, "seq_len": 32, "batch_size": 4, "eval_rows": 4},
+        "data": {"train": ["builtin"], "limit_bytes": 20000, "seq_len": 32, "batch_size": 4, "eval_rows": 4},
         "optim": {"lr": 1e-3}, "schedule": {"kind": "cosine", "warmup": 2}, "steps": 1, "eval_every": 0,
         "checkpoint_every": 0, "progress": False, "seed": 3})
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .. import config as cfgio
@@ -111,6 +110,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile each transformer block
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp under torchrun
     device: str = "auto"  # auto: cuda if available, else cpu
+    cpu_threads: Optional[int] = None  # torch intra-op threads for this run (null: torch's default)
     log_every: int = 1
     eval_every: int = 50  # held-out bits per byte every N steps (and at the last step); 0 = only at the end
     checkpoint_every: int = 50  # 0 = only at the end

@@ -113,9 +113,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, config_di
     """Run ``cfg`` into ``out_dir``. ``stop_after`` ends the session after that step (as a kill
     would, but after the step's checkpoint if one is due): for tests and time-sliced jobs."""
     env = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     try:
         return _train(cfg, Path(out_dir), resume, config_dir, stop_after, env)
     finally:
+        torch.set_num_threads(threads)
         shutdown(env)
 
 

@@ -1,0 +1,85 @@
+"""The demo's data: your files in place of the built-in corpus, and held-out text to show.
+
+``--data PATH...`` replaces ``compare.base.data.train`` (and the entropy model's training data
+when the config gives it apart), so every part of the demo (entropy model, calibration, every
+variant) trains on the same documents, and all are scored on the same held-out ones: ``--eval
+PATH...`` when given, else the hash-chosen ``eval_fraction`` of your documents (never trained on;
+``bltkit.data.sources.is_heldout``). Paths are checked before anything trains.
+
+The text patched on screen and the generation prompts default to the start of held-out
+documents, so what the demo shows is text no model saw, in the style of the data it trained on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import DemoConfig
+
+
+def use_data(cfg: DemoConfig, train: Sequence[str], eval_: Sequence[str] = (), text_field: Optional[str] = None) -> None:
+    """Point ``cfg`` (in place) at the sources ``train`` / ``eval_``; a missing path raises
+    ``FileNotFoundError`` naming it."""
+    from ..data.sources import DataSource, SourceConfig
+
+    if not train:
+        raise ValueError("--data needs at least one path (a file, folder, glob or 'builtin')")
+    field_ = text_field or cfg.compare.base.get("data", {}).get("text_field", "text")
+    for spec in list(train) + list(eval_):
+        DataSource(SourceConfig(path=spec, text_field=field_))  # names a missing path before any training
+    sections = [cfg.compare.base]
+    if cfg.compare.entropy is not None and "data" in cfg.compare.entropy.train:
+        sections.append(cfg.compare.entropy.train)
+    for sec in sections:
+        data = sec.setdefault("data", {})
+        data["train"] = list(train)
+        data["eval"] = list(eval_)
+        data["text_field"] = field_
+
+
+def heldout_documents(data: dict, n: int, config_dir: Optional[Path] = None) -> list[bytes]:
+    """The first ``n`` non-empty held-out documents of a run's ``data:`` mapping, chosen as the
+    trainer chooses them (``bltkit.training.packed_task``): ``data.eval``, else each training
+    source's own held-out split."""
+    from ..data.sources import DataSource, SourceConfig, heldout_documents as source_heldout
+
+    text_field = data.get("text_field", "text")
+    fraction = data.get("eval_fraction", 0.05)
+
+    def resolve(spec: str) -> str:
+        p = Path(spec)
+        if spec.startswith(("builtin", "hf:")) or p.is_absolute() or p.exists() or config_dir is None:
+            return spec
+        return str(config_dir / spec) if (config_dir / spec).exists() else spec
+
+    out: list[bytes] = []
+    if data.get("eval"):
+        for spec in data["eval"]:
+            for doc in DataSource(SourceConfig(path=resolve(spec), text_field=text_field)).documents():
+                if doc.strip():
+                    out.append(doc)
+                if len(out) >= n:
+                    return out
+        return out
+    for spec in data.get("train", ["builtin"]):
+        for _, _, doc in source_heldout(DataSource(SourceConfig(path=resolve(spec), text_field=text_field)), fraction):
+            if doc.strip():
+                out.append(doc)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def utf8_prefix(doc: bytes, n: int) -> str:
+    """The first ``n`` bytes of ``doc`` or fewer, cut at a character (and, when one is near, a space)."""
+    piece = doc[:n]
+    while piece:
+        try:
+            text = piece.decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            piece = piece[:-1]
+    else:
+        return doc[:n].decode("utf-8", errors="replace")
+    cut = text.rfind(" ")
+    return text[:cut + 1] if len(doc) > n and cut > len(text) // 2 else text

@@ -1,0 +1,262 @@
+"""The Python API: ``bltkit.load(DIR)`` -> a handle that generates, streams, scores and patches.
+
+    import bltkit
+    lm = bltkit.load("runs/tiny")                     # a bundle (a training run's output is one)
+    lm.generate("The cat", max_new_bytes=64)          # -> str
+    lm.generate(["a", "longer prompt"], temperature=0.8, top_p=0.9, seed=1)  # -> [str, str]
+    for piece in lm.stream("Once upon"): print(piece, end="")
+    lm.score("some text").bits_per_byte
+    lm.patch("some text").pieces                      # patches as bytes, with entropies
+    lm.save("somewhere")                              # writes a bundle
+
+A bundle (``bltkit.bundle``) holds the model, the entropy model when patching needs it, and the
+patcher settings (``bundle.yaml``'s ``patcher``, completed by the calibrated ``patcher.yaml`` in
+the entropy model's directory; the bundle's values win). Loading reads YAML and safetensors only.
+
+Device and dtype: CUDA with bf16 weights when a GPU is present, else CPU with fp32; both can be
+given. Generation uses every cache by default (``use_cache=False`` reruns the patcher and the
+model on the whole prefix every byte, as the reference does: blt-reference §8).
+
+Context: a BLT has no position table, so the limit is a choice: ``max_context`` bytes (BOS +
+prompt + new bytes, default 16384) bound the caches. A longer request is an error naming the
+lengths; prompts are never truncated silently.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .. import config as cfgio
+from ..bundle import ENTROPY_SUBDIR, BUNDLE_FILE, load_bundle_models, save_bundle
+from ..data.vocab import encode, to_bytes
+from ..patching.config import PatcherConfig, load_patcher_settings
+from .generate import Generation, collect, stream_text
+from .recompute import RecomputeStepper
+from .sampling import SamplingParams
+from .stepper import BLTStepper, LMStepper
+
+DEFAULT_MAX_CONTEXT = 16384
+Prompt = Union[str, bytes, bytearray]
+
+
+def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """CUDA + bf16 when a GPU is present, else CPU + fp32; either may be given."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                 "fp32": torch.float32, "float32": torch.float32}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, dtype
+
+
+@dataclass
+class Score:
+    bits_per_byte: float
+    surprisal: list[float]  # bits, one a scored byte (EOS included when scored)
+    bytes: bytes
+    patch_lengths: Optional[list[int]] = None
+
+
+@dataclass
+class Patches:
+    pieces: list[bytes]  # the patches' bytes; the first is the BOS patch (b"")
+    lengths: list[int]
+    entropies: Optional[list[float]]  # H after each id (BOS first), nats; None without an entropy model
+
+
+def load(path: str | os.PathLike, device=None, dtype=None, max_context: int = DEFAULT_MAX_CONTEXT) -> "Handle":
+    """A handle on the bundle in ``path`` (see the module docstring)."""
+    d = Path(path)
+    dev, dt = default_device_dtype(device, dtype)
+    meta, model, em = load_bundle_models(d, device=dev, dtype=dt)
+    patcher = None
+    if meta.kind == "blt":
+        data = {}
+        if em is not None:
+            calibrated = load_patcher_settings(d / ENTROPY_SUBDIR)
+            if calibrated is not None:
+                data = cfgio.to_dict(calibrated)
+        data.update(meta.patcher)
+        if not data:
+            raise ValueError(f"{d / BUNDLE_FILE} has no patcher settings: a BLT needs its patching scheme")
+        patcher = cfgio.from_dict(PatcherConfig, data, source=str(d / BUNDLE_FILE))
+        try:
+            patcher.check_ready()
+        except ValueError as e:
+            raise ValueError(f"{d / BUNDLE_FILE}: {e}") from None
+        if patcher.needs_scores and em is None:
+            raise ValueError(f"{d / BUNDLE_FILE}: patcher scheme {patcher.scheme!r} needs an entropy model, "
+                             f"but the bundle has none ({d / ENTROPY_SUBDIR})")
+    return Handle(model, patcher=patcher, entropy_model=em, kind=meta.kind, device=dev, max_context=max_context)
+
+
+class Handle:
+    """A loaded model with its patcher: ``generate``, ``stream``, ``score``, ``patch``, ``save``."""
+
+    def __init__(self, model: nn.Module, patcher: Optional[PatcherConfig] = None, entropy_model: Optional[nn.Module] = None,
+                 kind: str = "blt", device=None, max_context: int = DEFAULT_MAX_CONTEXT):
+        if kind == "blt" and patcher is None:
+            raise ValueError("a BLT handle needs patcher settings (PatcherConfig)")
+        if not isinstance(max_context, int) or max_context < 2:
+            raise ValueError(f"max_context must be an integer >= 2 bytes, got {max_context!r}")
+        self.model = model.eval().requires_grad_(False)
+        self.entropy_model = entropy_model.eval().requires_grad_(False) if entropy_model is not None else None
+        self.patcher, self.kind, self.max_context = patcher, kind, max_context
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    def __repr__(self) -> str:
+        scheme = self.patcher.scheme if self.patcher else "-"
+        return f"Handle(kind={self.kind!r}, patcher={scheme!r}, device={str(self.device)!r})"
+
+    # ---- generation -----------------------------------------------------------------------------
+    def generate(self, prompt: Union[Prompt, Sequence[Prompt]], max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: Union[int, Sequence[int]] = 0,
+                 return_bytes: bool = False, details: bool = False, use_cache: bool = True):
+        """Continue ``prompt`` (one, or a list: a batch of any lengths).
+
+        Returns the new text (``str``), or ``bytes`` with ``return_bytes``, or a ``Generation``
+        (text, bytes, stop_reason, ...) with ``details``; a list for a list of prompts. Stops at
+        EOS, at any ``stop`` string (cut from the output) or after ``max_new_bytes``.
+        ``temperature`` 0 is greedy; ``seed`` (one, or one a prompt) drives sampling; a prompt's
+        result does not depend on the batch it is in.
+        """
+        single = not isinstance(prompt, (list, tuple))
+        prompts = self._prompts([prompt] if single else list(prompt), max_new_bytes)
+        params = self._params(temperature, top_k, top_p)
+        seeds = self._seeds(seed, len(prompts))
+        gens = collect(self._stepper(use_cache, prompts, max_new_bytes), prompts, max_new_bytes, params, seeds, _stops(stop))
+        out = [g if details else (g.bytes if return_bytes else g.text) for g in gens]
+        return out[0] if single else out
+
+    def stream(self, prompt: Prompt, max_new_bytes: int = 256, temperature: float = 0.0, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: int = 0,
+               use_cache: bool = True) -> Iterator[str]:
+        """Text pieces as bytes are generated; no piece splits a UTF-8 character, and the pieces
+        joined equal ``generate``'s text for the same arguments."""
+        if isinstance(prompt, (list, tuple)):
+            raise ValueError("stream takes one prompt; use generate for a batch")
+        prompts = self._prompts([prompt], max_new_bytes)
+        params = self._params(temperature, top_k, top_p)
+        (s,) = self._seeds(seed, 1)
+        return stream_text(self._stepper(use_cache, prompts, max_new_bytes), prompts[0], max_new_bytes, params, s, _stops(stop))
+
+    def _stepper(self, use_cache: bool, prompts: list[list[int]], max_new_bytes: int):
+        max_bytes = max(len(p) for p in prompts) + max_new_bytes + 1
+        if not use_cache:
+            return RecomputeStepper(self.model, self.patcher if self.kind == "blt" else None, self.entropy_model, self.device)
+        if self.kind == "blt":
+            return BLTStepper(self.model, self.patcher, self.entropy_model, max_bytes, self.device)
+        return LMStepper(self.model, max_bytes, self.device)
+
+    def _prompts(self, prompts: list, max_new_bytes: int) -> list[list[int]]:
+        if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or max_new_bytes < 1:
+            raise ValueError(f"max_new_bytes must be an integer >= 1, got {max_new_bytes!r}")
+        if not prompts:
+            raise ValueError("no prompt given (an empty list); use [''] to generate from BOS alone")
+        out = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, (str, bytes, bytearray)):
+                raise ValueError(f"prompt {i} must be str or bytes, got {type(p).__name__}")
+            ids = encode(p, bos=True, eos=False)  # an empty prompt is BOS alone
+            if len(ids) + max_new_bytes > self.max_context:
+                raise ValueError(f"prompt {i} has {len(ids) - 1} bytes; with BOS and max_new_bytes {max_new_bytes} that is "
+                                 f"{len(ids) + max_new_bytes} bytes, over max_context {self.max_context} "
+                                 "(shorten the prompt, lower max_new_bytes, or load with a larger max_context)")
+            out.append(ids)
+        return out
+
+    @staticmethod
+    def _params(temperature, top_k, top_p) -> SamplingParams:
+        p = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        p.validate()
+        return p
+
+    @staticmethod
+    def _seeds(seed, n: int) -> list[int]:
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != n:
+                raise ValueError(f"{len(seed)} seeds for {n} prompts")
+            return list(seed)
+        return [seed] * n
+
+    # ---- scoring and patching -------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, text: Prompt, eos: bool = False) -> Score:
+        """Bits per byte and per-byte surprisal (bits) of ``text`` after BOS (and of EOS with ``eos``)."""
+        data = to_bytes(text)
+        if not data and not eos:
+            raise ValueError("nothing to score: the text is empty (pass eos=True to score EOS alone)")
+        ids = encode(data, bos=True, eos=eos)
+        if len(ids) > self.max_context:
+            raise ValueError(f"text of {len(data)} bytes is over max_context {self.max_context}")
+        x = torch.tensor([ids[:-1]], dtype=torch.int64, device=self.device)  # (1, N)
+        y = torch.tensor(ids[1:], dtype=torch.int64, device=self.device)  # (N,)
+        pl = None
+        if self.kind == "blt":
+            pl = self._patcher()(x.cpu(), include_next_token=True).patch_lengths.to(self.device)  # Σ = N + 1
+            logits = self.model(x, pl)[0]
+        else:
+            logits = self.model(x)[0]
+        nats = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")  # (N,)
+        bits = (nats / math.log(2)).tolist()
+        return Score(sum(bits) / len(bits), bits, data, pl[0].tolist() if pl is not None else None)
+
+    @torch.no_grad()
+    def patch(self, text: Prompt) -> Patches:
+        """How the patcher splits BOS + ``text`` (lengths sum to 1 + bytes), with entropies."""
+        if self.kind != "blt":
+            raise ValueError(f"a {self.kind!r} bundle has no patcher")
+        data = to_bytes(text)
+        ids = torch.tensor([encode(data, bos=True, eos=False)], dtype=torch.int64)  # (1, N)
+        res = self._patcher()(ids, include_next_token=False)
+        lengths = res.rows()[0]
+        pieces, at = [], 0
+        for n in lengths:
+            pieces.append(bytes(b - 4 for b in ids[0, at:at + n].tolist() if b >= 4))
+            at += n
+        ents = res.scores[0].tolist() if res.scores is not None else None
+        return Patches(pieces, lengths, ents)
+
+    def _patcher(self):
+        from ..patching.patcher import Patcher
+
+        return Patcher(self.patcher, scorer=self.entropy_model if self.patcher.needs_scores else None, precision="fp32")
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write this handle as a bundle directory (model, entropy model, patcher settings)."""
+        patcher = None
+        if self.patcher is not None:
+            p = replace(self.patcher, entropy_model=ENTROPY_SUBDIR if self.entropy_model is not None else None)
+            # Unset values stay out, so a calibrated patcher.yaml can still fill them on load.
+            patcher = {k: v for k, v in cfgio.to_dict(p).items() if v is not None}
+        save_bundle(directory, self.model, self.kind, patcher=patcher, entropy_model=self.entropy_model)
+
+
+def _stops(stop) -> list[bytes]:
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, (str, bytes, bytearray)) else list(stop)
+    out = []
+    for s in items:
+        if not isinstance(s, (str, bytes, bytearray)):
+            raise ValueError(f"stop strings must be str or bytes, got {type(s).__name__}")
+        b = to_bytes(s)
+        if not b:
+            raise ValueError("a stop string is empty")
+        out.append(b)
+    return out
+
+
+__all__ = ["load", "Handle", "Score", "Patches", "Generation", "default_device_dtype", "DEFAULT_MAX_CONTEXT"]

@@ -1,0 +1,212 @@
+"""Cached generation equals full recomputation (blt-reference §8, pitfall 22).
+
+The cached path (entropy-model, encoder, global and decoder KV caches; boundaries decided byte by
+byte) must give the logits and bytes of rerunning ``Patcher(prefix, include_next_token=True)``
+and ``model(ids, patch_lengths)`` on the whole prefix every byte. Random tiny models, sampling
+with a fixed seed (greedy random models repeat themselves), local windows shorter than the
+sequences (so the ring caches wrap), an entropy threshold at the median entropy (varied patches).
+"""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bltkit.data.vocab import EOS_ID, encode
+from bltkit.inference.blt_cached import BLTCache
+from bltkit.inference.boundaries import OnlineBoundaries
+from bltkit.inference.generate import collect
+from bltkit.inference.recompute import RecomputeStepper
+from bltkit.inference.sampling import SamplingParams
+from bltkit.inference.stepper import BLTStepper, LMStepper
+from bltkit.model import ByteLatentTransformer, load_blt_config
+from bltkit.patching.config import PatcherConfig
+from bltkit.patching.lengths import pad_rows
+from bltkit.patching.patcher import Patcher
+from entropy_model.entropies import compute_entropies
+from entropy_model.model import EntropyModel, load_entropy_config
+
+CPU = torch.device("cpu")
+SMALL = ["encoder.window=32", "decoder.window=32", "hash.vocab=257"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny per-byte kernels: one thread is faster on a shared 2-core machine, and deterministic.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(1)
+    blt = ByteLatentTransformer(load_blt_config("tiny", SMALL)).eval()
+    em = EntropyModel(load_entropy_config("tiny", ["window=24", "dim=32", "n_heads=2"])).eval()
+    text = encode("The cat sat on the mat; 日本語 and emoji 😀, numbers 12345.", eos=False)
+    h = compute_entropies(em, [torch.tensor(text)])[0]
+    return blt, em, float(h[1:].median())
+
+
+def _patcher(scheme, threshold):
+    return PatcherConfig(scheme=scheme, threshold=threshold if scheme in ("entropy", "monotonic") else None,
+                         patch_size=3, max_patch_length=5 if scheme == "entropy" else None)
+
+
+@pytest.mark.parametrize("scheme", ["entropy", "space", "static", "byte"])
+def test_cached_equals_recompute_256_bytes(models, scheme):
+    blt, em, th = models
+    cfg = _patcher(scheme, th)
+    prompt = [encode("Hi, 日本", eos=False)]
+    params = SamplingParams(temperature=1.0)
+    a = collect(BLTStepper(blt, cfg, em, 300, CPU), prompt, 256, params, [7], trace=True)[0]
+    b = collect(RecomputeStepper(blt, cfg, em, CPU), prompt, 256, params, [7], trace=True)[0]
+    assert a.new_ids == b.new_ids and a.bytes == b.bytes
+    assert a.new_ids >= 100  # a real run, not an early EOS
+    worst = max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits))
+    assert worst < 1e-4
+    if scheme == "entropy":  # the threshold gives varied patches on the generated text
+        ids = torch.tensor([prompt[0] + [x + 4 for x in b.bytes[:200]]])
+        pl = Patcher(cfg, scorer=em)(ids, include_next_token=True).rows()[0]
+        assert len(set(pl)) >= 3
+
+
+def test_monotonic_greedy_matches(models):
+    blt, em, _ = models
+    cfg = PatcherConfig(scheme="monotonic", threshold=0.05)
+    prompt = [encode("abc", eos=False)]
+    params = SamplingParams(temperature=0.7, top_k=40)
+    a = collect(BLTStepper(blt, cfg, em, 100, CPU), prompt, 60, params, [3], trace=True)[0]
+    b = collect(RecomputeStepper(blt, cfg, em, CPU), prompt, 60, params, [3], trace=True)[0]
+    assert a.bytes == b.bytes
+    assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4
+
+
+def test_batch_equals_one_at_a_time(models):
+    blt, em, th = models
+    cfg = _patcher("entropy", th)
+    prompts = [encode(p, eos=False) for p in ["", "Hello there", "日本語😀", "Hello there"]]
+    params = SamplingParams(temperature=1.0, top_p=0.9)
+    seeds = [1, 2, 3, 4]
+    batch = collect(BLTStepper(blt, cfg, em, 200, CPU), prompts, 80, params, seeds, trace=True)
+    for p, s, g in zip(prompts, seeds, batch):
+        one = collect(BLTStepper(blt, cfg, em, 200, CPU), [p], 80, params, [s], trace=True)[0]
+        assert one.bytes == g.bytes and one.stop_reason == g.stop_reason
+        assert max(float((x - y).abs().max()) for x, y in zip(one.logits, g.logits)) < 1e-4
+
+
+def test_dropping_rows_keeps_the_others_exact(models):
+    """Rows leave the batch mid-way (``keep``); the remaining rows go on exactly."""
+    blt, em, th = models
+    cfg = _patcher("entropy", th)
+    prompts = [encode(p, eos=False) for p in ["one", "two two", "three three three"]]
+    cached, ref = BLTStepper(blt, cfg, em, 100, CPU), RecomputeStepper(blt, cfg, em, CPU)
+    a, b = cached.start(prompts), ref.start(prompts)
+    g = torch.Generator().manual_seed(0)
+    rows = 3
+    for step in range(40):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0)
+        if step in (10, 25):  # drop the first row still there
+            keep = torch.arange(1, rows)
+            cached.keep(keep)
+            ref.keep(keep)
+            rows -= 1
+        ids = torch.randint(4, 260, (rows,), generator=g)
+        a, b = cached.step(ids), ref.step(ids)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["cross_attn.encoder_all_layers=true", "encoder.n_layers=2"],
+    ["cross_attn.repool_each_layer=true", "cross_attn.encoder_all_layers=true", "encoder.n_layers=2", "cross_attn.pooling=mean"],
+    ["global.attention=causal", "cross_attn.decoder_all_layers=false", "encoder.window=null", "decoder.doc_reset=false"],
+])
+def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
+    """Direct check of the BLT caches against the forward on every prefix: EOS inside the rows
+    (document resets, block-causal global), a first chunk longer than the window, ragged
+    boundaries, and the model variants that change the encoder's patch vectors."""
+    torch.manual_seed(0)
+    cfg = load_blt_config("tiny", SMALL + ["encoder.window=8", "decoder.window=8"] + overrides)
+    m = ByteLatentTransformer(cfg).eval()
+    b, n, first = 3, 40, 12
+    ids = torch.randint(4, 260, (b, n))
+    ids[:, 0] = 1
+    ids[1, 9] = EOS_ID
+    ids[2, 20] = EOS_ID
+    starts = torch.rand(b, n + 1) < 0.35
+    starts[:, :2] = True
+    cache = BLTCache(m, b, n + 1, CPU)
+    out = cache.advance(ids[:, :first], starts[:, 1:first + 1])
+    for t in range(first, n + 1):
+        rows = [[j for j in range(t + 1) if starts[r, j]] for r in range(b)]
+        pl = pad_rows([[e - s for s, e in zip(st_, st_[1:] + [t + 1])] for st_ in rows])
+        with torch.no_grad():
+            full = m(ids[:, :t], pl)[:, -1]
+        assert torch.allclose(out, full, atol=1e-4, rtol=0), t
+        if t < n:
+            out = cache.advance(ids[:, t:t + 1], starts[:, t + 1:t + 2])
+
+
+def test_entropy_model_cache_equals_forward(models):
+    """The entropy model's ring cache (window 24) gives its full-sequence logits, EOS included."""
+    _, em, _ = models
+    ids = torch.randint(4, 260, (2, 70))
+    ids[:, 0] = 1
+    ids[0, 30] = EOS_ID
+    from bltkit.inference.lm_cached import LMCache
+
+    cache = LMCache(em, 2, 80, CPU)
+    first = cache.advance(ids[:, :30], all_logits=True)
+    rest = [cache.advance(ids[:, t:t + 1]) for t in range(30, 70)]
+    with torch.no_grad():
+        full = em(ids)
+    got = torch.cat([first, torch.stack(rest, dim=1)], dim=1)
+    assert torch.allclose(got, full, atol=1e-4, rtol=0)
+
+
+def test_byte_lm_generation_cached_equals_recompute():
+    from bltkit.patchtrain.config import load_bytelm_config
+    from bltkit.patchtrain.model import ByteLM
+
+    m = ByteLM(load_bytelm_config("tiny")).eval()
+    prompt = [encode("byte lm", eos=False)]
+    params = SamplingParams(temperature=1.0)
+    a = collect(LMStepper(m, 80, CPU), prompt, 40, params, [5], trace=True)[0]
+    b = collect(RecomputeStepper(m, None, None, CPU), prompt, 40, params, [5], trace=True)[0]
+    assert a.bytes == b.bytes
+    assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4
+
+
+# ---- boundaries: the byte-by-byte rule equals the Patcher on the full prefix -----------------------
+rule_cfgs = st.sampled_from([
+    PatcherConfig(scheme="entropy", threshold=1.0),
+    PatcherConfig(scheme="entropy", threshold=1.0, max_patch_length=3),
+    PatcherConfig(scheme="entropy", threshold=1.0, threshold_add=0.2),
+    PatcherConfig(scheme="monotonic", threshold=0.3),
+    PatcherConfig(scheme="monotonic", threshold=0.3, max_patch_length=2),
+    PatcherConfig(scheme="space"),
+    PatcherConfig(scheme="space", max_patch_length=4),
+    PatcherConfig(scheme="static", patch_size=3),
+    PatcherConfig(scheme="byte"),
+])
+
+
+@settings(max_examples=60, deadline=None)
+@given(cfg=rule_cfgs, data=st.data())
+def test_online_boundaries_equal_patcher(cfg, data):
+    n = data.draw(st.integers(1, 40))
+    body = data.draw(st.lists(st.sampled_from([1, 2, 36, 37, 48, 69, 101, 102, 200, 230, 150]), min_size=n - 1, max_size=n - 1))
+    ids = torch.tensor([1] + body)
+    h = torch.tensor(data.draw(st.lists(st.floats(0, 3, width=32), min_size=n, max_size=n)))
+    cut = data.draw(st.integers(1, n))  # a prompt chunk, then byte by byte
+    ob = OnlineBoundaries(cfg, 1, CPU)
+    pos = torch.arange(n)[None]
+    dec = [ob.decide(ids[None, :cut], pos[:, :cut], h[None, :cut])]
+    for t in range(cut, n):
+        dec.append(ob.decide(ids[None, t:t + 1], pos[:, t:t + 1], h[None, t:t + 1]))
+    starts_next = torch.cat(dec, dim=1)[0].tolist()
+    patcher = Patcher(cfg)
+    for s in range(1, n + 1):  # every prefix: the last boundary is the one decided after byte s-1
+        pl = patcher(ids[None, :s], include_next_token=True, scores=h[None, :s]).rows()[0]
+        last_start = sum(pl[:-1])
+        assert (last_start == s) == starts_next[s - 1], (s, pl)
