@@ -1,7 +1,6 @@
 """The inference API: bundles in and out, generate / stream / score / patch, CLI, bad input."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

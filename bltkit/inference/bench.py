@@ -63,6 +63,9 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
                          uncached_new_bytes: Optional[int] = 16) -> dict:
     """Cached generation speed; with ``uncached_new_bytes`` (> 0) also the uncached path over
     that many bytes (it is O(T^2): keep it short) and ``speedup`` = cached / uncached bytes a second.
+    With ``uncached_new_bytes < new_bytes`` the uncached rate is taken over a shorter prefix, where
+    each of its bytes is cheaper, so the speedup is an underestimate; pass ``new_bytes`` for the
+    like-for-like ratio.
 
     Returns ``bytes_per_s`` (all rows' new bytes a second), ``ttfb_s`` (prompt pass + first byte),
     ``new_bytes``, ``seconds``, the settings, and the uncached figures when measured.
