@@ -133,3 +133,10 @@ def test_shipped_tiny_comparison(tmp_path, capsys):
     assert all(f"| {n} |" in md for n in rows)
     assert (tmp_path / "bpb_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert "held-out bpb" in capsys.readouterr().out
+
+
+def test_existing_variant_dir_is_refused(tmp_path):
+    (tmp_path / "bytes").mkdir()
+    (tmp_path / "bytes" / "x").write_text("x")
+    with pytest.raises(ValueError, match="bytes already exists"):
+        run_compare(cfg_of(), tmp_path, only=["bytes"])

@@ -228,3 +228,13 @@ def test_row_not_divisible_by_k(tmp_path):
         cfgio.from_dict(ByteLMTaskSettings, {"patch_size": 4, "patch_row_bytes": 10})
     with pytest.raises(ValueError, match="unknown key 'task.patch'"):
         ByteLMTask(run_config(tmp_path, patch=4))
+
+
+def test_phase_speed_measures_both_phases():
+    from bltkit.patchtrain.speed import patchtrain_phase_speed
+
+    r = patchtrain_phase_speed(SMALL, patch_size=4, n_positions=16, batch_size=2, steps=1, warmup=0, device="cpu")
+    assert r["patch_bytes_per_s"] > 0 and r["byte_bytes_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["patch_bytes_per_s"] / r["byte_bytes_per_s"])
+    with pytest.raises(ValueError, match="got 0"):
+        patchtrain_phase_speed(SMALL, patch_size=0)

@@ -68,7 +68,6 @@ class EntropyPatching:
 
     def _train(self) -> Path:
         from ..training.loop import train
-        from ..training.metrics import read_metrics
 
         data = copy.deepcopy(self.setup.train)
         data["kind"] = "entropy"

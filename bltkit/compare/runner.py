@@ -141,6 +141,9 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path, source: str = "config",
 
     variants = cfg.select(only)
     out = Path(out_dir)
+    taken = [str(out / v.name) for v in variants if (out / v.name).exists() and any((out / v.name).iterdir())]
+    if taken:
+        raise ValueError(f"{taken[0]} already exists and is not empty: choose another --out, or --only other variants")
     out.mkdir(parents=True, exist_ok=True)
     entropy = EntropyPatching(cfg, out, source, config_dir)
     results: list[VariantResult] = []

@@ -61,9 +61,7 @@ class ByteLMConfig:
 
 
 def bytelm_config_from_dict(data: dict, source: Optional[str] = None) -> ByteLMConfig:
-    cfg = cfgio.from_dict(ByteLMConfig, data, source=source)
-    cfg.validate()
-    return cfg
+    return cfgio.from_dict(ByteLMConfig, data, source=source)  # validates
 
 
 def load_bytelm_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> ByteLMConfig:

@@ -5,7 +5,8 @@ With logits ``z_i`` at patch position i and targets ``x_{(i+1)K+k}`` (k < K) the
 (sum of nats over every real target byte, number of real target bytes), the trainer's form
 (``bltkit.training.task``): the loop divides one by the other, which is exactly the mean over
 positions of the average over K (and the mean over real targets when padding masks some out).
-K = 1 is ordinary next-byte cross-entropy: the same numbers as ``training.task.masked_nats``.
+K = 1 is ordinary next-byte cross-entropy (blt-reference §7.1): the same numbers as
+``training.task.masked_nats``.
 
 Axes: B rows, T patch positions, K bytes a patch, V vocabulary.
 """

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
-from ..data.vocab import EOS_ID, check_ids
+from ..data.vocab import check_ids
 from ..model.blt import CONFIG_FILE, WEIGHTS_FILE, load_weights_into, save_config_and_weights
 from ..model.global_transformer import GlobalTransformer
 from ..model.masks import patch_document_ids
@@ -139,4 +139,4 @@ def init_blt_global_from(blt: nn.Module, bytelm: ByteLM) -> None:
     blt.global_transformer.load_state_dict(src, strict=False)
 
 
-__all__ = ["ByteLM", "check_patch_size", "init_blt_global_from", "patch_documents", "EOS_ID"]
+__all__ = ["ByteLM", "check_patch_size", "init_blt_global_from", "patch_documents"]

@@ -21,7 +21,7 @@ from .batches import PatchFn
 from .config import TrainConfig
 from .flops import blt_forward_flops, training_flops
 from .packed_task import PackedDataTask
-from .patch_source import make_patch_fn
+from .patch_source import bundle_patcher_settings, make_patch_fn
 from .task import masked_nats
 
 
@@ -32,6 +32,9 @@ class BLTTask(PackedDataTask):
         super().__init__(cfg, config_dir)
         self.model_cfg: BLTConfig = load_blt_config(self._model_path(cfg.model), cfg.model_overrides)
         self._patch_fn = make_patch_fn(cfg.patcher, config_dir)  # fails early on bad settings
+        check = getattr(self._patch_fn, "check_sources", None)
+        if check is not None:  # precomputed entropies must cover every source the run patches
+            check(self.patched_sources())
 
     def _model_path(self, name: str) -> str:
         p = Path(name)
@@ -79,7 +82,7 @@ class BLTTask(PackedDataTask):
         return model
 
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
-        patcher = dict(self.cfg.patcher)
+        patcher = bundle_patcher_settings(self.cfg.patcher)  # no training-only keys (precomputed...)
         em = None
         if patcher.get("scheme") == "entropy":
             em = getattr(self._patch_fn, "model_dir", None) or patcher["entropy_model"]
