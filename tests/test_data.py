@@ -120,9 +120,19 @@ def test_missing_path_names_it(tmp_path):
 def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "empty.jsonl").write_bytes(b"")
-    for name in ("empty.txt", "empty.jsonl"):
+    # Compressed empty files are not empty on disk; ``datasets`` raised a bare StopIteration on them
+    # (inside our generator: "RuntimeError: generator raised StopIteration").
+    import bz2
+    import gzip
+
+    gzip.open(tmp_path / "empty.jsonl.gz", "wb").close()
+    with bz2.open(tmp_path / "blank.jsonl.bz2", "wb") as f:
+        f.write(b"\n\n")
+    for name in ("empty.txt", "empty.jsonl", "empty.jsonl.gz", "blank.jsonl.bz2"):
         with pytest.raises(ValueError, match="empty corpus"):
             list(iter_documents([str(tmp_path / name)]))
+    with pytest.raises(ValueError, match="empty corpus: source .*empty.jsonl.gz"):
+        next(DataLoader(DataConfig(sources=[str(tmp_path / "empty.jsonl.gz")], seq_len=8, batch_size=1)))
     with pytest.raises(ValueError, match="empty corpus: source .*empty.txt"):
         next(DataLoader(DataConfig(sources=[str(tmp_path / "empty.txt")], seq_len=8, batch_size=1)))
     with pytest.raises(FileNotFoundError, match="holds no supported files"):

@@ -125,6 +125,30 @@ def test_flush_and_collate_pad_into_last_patch(docs, t):
         assert int(q[last]) == int(r.patch_lengths[-1]) + (t - k)  # padding folded into the last patch
         assert torch.equal(q[:last], r.patch_lengths[:-1])
     assert b == len(rows)
+    assert all(bool(r.mask.any()) for r in rows)  # a lone leftover byte (no target) makes no row
+
+
+@settings(max_examples=100, deadline=None)
+@given(docs=documents(max_docs=4), t=st.integers(1, 16), final=st.sampled_from(["masked", "next"]))
+def test_byte_packer_in_one_piece_equals_document_by_document(docs, t, final):
+    """Rows do not depend on how the stream arrives (one long buffer or document by document),
+    and every byte but the first is scored once with final_target='next' (flush included)."""
+    whole = BytePacker(t, with_patches=True, final_target=final)
+    whole.add(torch.cat([d[0] for d in docs]), torch.cat([d[1] for d in docs]))
+    a = whole.pop_rows() + whole.flush()
+    piece = BytePacker(t, with_patches=True, final_target=final)
+    b = []
+    for d_ids, d_pl in docs:
+        piece.add(d_ids, d_pl)
+        b.extend(piece.pop_rows())
+    b.extend(piece.flush())
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in ("ids", "targets", "mask", "patch_lengths"):
+            assert torch.equal(getattr(x, k), getattr(y, k))
+    if final == "next":
+        ids = torch.cat([d[0] for d in docs])
+        assert torch.equal(torch.cat([r.targets[r.mask] for r in a]), ids[1:])
 
 
 def test_first_patch_split_drops_last_patch_reference_example():

@@ -156,6 +156,7 @@ def test_pack_rows_invariants(docs, n, scheme):
     real_targets = b["targets"][b["mask"].bool()]
     assert torch.equal(real_targets, stream[1:])  # every byte but the first is a target once
     assert int(b["mask"].sum()) == stream.numel() - 1
+    assert len(rows) == -(-(stream.numel() - 1) // n) and bool(b["mask"].any(1).all())  # no target-less row
 
 
 def test_space_patching_matches_reference_rule():
@@ -216,6 +217,46 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert resumed.losses == full.losses[4:]
     steps = [r["step"] for r in read_metrics(tmp_path / "part")]
     assert steps == list(range(0, 9))  # the interrupted run's step 5 record was replaced
+
+
+def test_resume_warns_naming_changed_keys(tmp_path, capsys):
+    train(_cfg(tmp_path, steps=2), tmp_path / "run")
+    capsys.readouterr()
+    res = train(_cfg(tmp_path, steps=3, optim={"lr": 1e-3}), tmp_path / "run", resume=True)
+    err = capsys.readouterr().err
+    assert res.resumed_from == 2 and len(res.losses) == 1
+    assert "--resume with a config that differs" in err and "step_000002" in err
+    assert "steps: 2 -> 3" in err and "optim.lr: 0.003 -> 0.001" in err
+    assert "seed" not in err and "data." not in err  # only the changed keys
+    train(_cfg(tmp_path, steps=3, optim={"lr": 1e-3}), tmp_path / "run", resume=True)  # same config: silent
+    assert "differs" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["wsd", "constant"])
+def test_wsd_and_constant_schedules_in_a_run(tmp_path, kind):
+    """The LR each step of a real run follows the schedule: 4 steps, warmup 1 (step 0 at the peak);
+    wsd decays over the last half (2 steps) linearly to 0.1: 1, 1, 1 - 0.9/2, 0.1."""
+    cfg = _cfg(tmp_path, steps=4, schedule={"kind": kind, "warmup": 1, "min_ratio": 0.1, "decay_fraction": 0.5})
+    train(cfg, tmp_path / "run")
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run")[1:]]
+    factors = [1.0, 1.0, 0.55, 0.1] if kind == "wsd" else [1.0] * 4
+    assert lrs == pytest.approx([3e-3 * f for f in factors], rel=1e-9)
+
+
+def test_no_decay_groups_in_a_run(tmp_path):
+    """With optim.no_decay_norms_embeddings the run's AdamW has a second group at weight decay 0
+    holding the embedding tables and norms (read back from the checkpoint), and training works."""
+    cfg = _cfg(tmp_path, steps=2, optim={"lr": 3e-3, "weight_decay": 0.5, "no_decay_norms_embeddings": True})
+    res = train(cfg, tmp_path / "run")
+    assert all(math.isfinite(x) for x in res.losses)
+    groups = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))["optim_state"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    decayed, kept = set(groups[0]["params"]), set(groups[1]["params"])
+    assert {"encoder_hash_tok_embedding.weight", "local_encoder.tok_embeddings.weight",
+            "local_decoder.norm.weight"} <= kept
+    assert "local_decoder.output.weight" in decayed and not decayed & kept
+    n_params = sum(1 for _ in ByteLatentTransformer(load_blt_config("tiny", cfg.model_overrides)).parameters())
+    assert len(decayed) + len(kept) == n_params
 
 
 def test_golden_tiny_losses():

@@ -47,6 +47,8 @@ def cached_generation_figure(hook: Callable[..., dict], model: nn.Module, entrop
                     entropy_model=entropy_model)
         handle = bltkit.load(d, device=str(device))
     rec = dict(hook(handle, batch, prompt_len, new_bytes))
+    rec.setdefault("s", rec.get("seconds"))  # the same key as the uncached and HF figures
+    rec.setdefault("batch", batch)
     rec.setdefault("mode", "cached (bltkit.inference)")
     return rec
 

@@ -88,8 +88,19 @@ def first_patch_one(pl: torch.Tensor) -> torch.Tensor:
     return pl
 
 
+def _head(pl: torch.Tensor, n: int) -> torch.Tensor:
+    """A prefix of ``pl`` summing to more than ``n`` when one exists, else all of ``pl``.
+
+    Lengths are >= 1, so ``n + 2`` patches always suffice: cutting a row off a long document
+    then costs O(row), not O(document) (a 100 MB single-document file would be quadratic).
+    """
+    head = pl[: n + 2]
+    return head if head.numel() < pl.numel() and int(head.sum()) > n else pl
+
+
 def cut_patch_lengths(pl: torch.Tensor, total: int) -> torch.Tensor:
     """The patches that cover the first ``total`` positions, the one crossing ``total`` shortened."""
+    pl = _head(pl, total)
     ends = torch.cumsum(pl, 0)
     if total > (int(ends[-1]) if ends.numel() else 0):
         raise ValueError(f"cannot cut patch lengths summing to {int(pl.sum())} at {total}")
@@ -174,9 +185,15 @@ class PatchPacker:
 
 def drop_positions(pl: torch.Tensor, n: int) -> torch.Tensor:
     """Patch lengths of what follows the first ``n`` positions (a patch crossing ``n`` keeps its tail)."""
-    ends = torch.cumsum(pl, 0)
+    return _drop_front(pl.clone(), n)
+
+
+def _drop_front(pl: torch.Tensor, n: int) -> torch.Tensor:
+    """``drop_positions`` as a view of ``pl``, whose crossing patch is shortened in place (no copy
+    of the rest: the packers own their buffers)."""
+    ends = torch.cumsum(_head(pl, n), 0)
     k = int(torch.searchsorted(ends, torch.tensor(n, dtype=ends.dtype), right=True))  # patches ending <= n
-    rest = pl[k:].clone()
+    rest = pl[k:]
     if rest.numel():
         rest[0] = int(ends[k]) - max(n, int(ends[k]) - int(pl[k]))
     return rest
@@ -225,7 +242,7 @@ class BytePacker:
                 pl = torch.cat([pl, pl.new_tensor([1])]) if pl.numel() == 1 else pl
                 if int(pl.sum()) == n:
                     pl[-1] += 1
-            self.buf.pl = drop_positions(self.buf.pl, n)
+            self.buf.pl = _drop_front(self.buf.pl, n)
         self.buf.ids = self.buf.ids[n:]
         return Row(tok, y, mask, pl)
 
@@ -237,8 +254,12 @@ class BytePacker:
         return rows
 
     def flush(self) -> list[Row]:
-        """The final partial row (fewer bytes; ``collate`` pads it), for a finite pass."""
-        rows = [self._take(self.buf.ids.numel())] if self.buf.ids.numel() else []
+        """The final partial row (fewer bytes; ``collate`` pads it), for a finite pass.
+
+        A single leftover byte makes no row: it has no target (with ``"next"`` it already was the
+        previous row's last target), so the row would be all padding to the loss.
+        """
+        rows = [self._take(self.buf.ids.numel())] if self.buf.ids.numel() > 1 else []
         self.buf = _Buffer(with_patches=self.with_patches)
         return rows
 

@@ -180,10 +180,25 @@ def _iter_hf_file(p: Path, key: str) -> Iterator[bytes]:
         yield from _iter_saved(p, key, None)
         return
     if p.stat().st_size == 0:
-        return  # an empty file holds no rows (``datasets`` raises StopIteration on one)
+        return  # an empty file holds no rows
     builder = "parquet" if _has_suffix(p, PARQUET_SUFFIXES) else "json"
-    ds = datasets.load_dataset(builder, data_files=[str(p)], split="train", streaming=True)
-    yield from _iter_rows(ds, key, str(p))
+    ds = _load_or_empty(lambda: datasets.load_dataset(builder, data_files=[str(p)], split="train", streaming=True))
+    if ds is not None:
+        yield from _iter_rows(ds, key, str(p))
+
+
+def _load_or_empty(load):
+    """``load()``, or None when the data holds no rows at all.
+
+    ``datasets``' json builder reads the first table to infer the columns and lets that
+    ``StopIteration`` escape when there is none (an empty ``.jsonl.gz``, a file of blank lines
+    after decompression...). Inside a generator Python turns it into ``RuntimeError: generator
+    raised StopIteration``; caught here, the caller sees no documents and reports an empty corpus.
+    """
+    try:
+        return load()
+    except StopIteration:
+        return None
 
 
 def _iter_saved(p: Path, key: str, split: Optional[str]) -> Iterator[bytes]:
@@ -262,8 +277,9 @@ class DataSource:
                 if not _GLOB_CHARS.search(f) and not Path(f).exists():
                     raise FileNotFoundError(f"data file not found: {f!r} (data_files of {self.name!r})")
             kwargs["data_files"] = self.cfg.data_files
-        ds = datasets.load_dataset(name, config, **kwargs)
-        yield from _iter_rows(ds, self.cfg.text_field, self.name)
+        ds = _load_or_empty(lambda: datasets.load_dataset(name, config, **kwargs))
+        if ds is not None:
+            yield from _iter_rows(ds, self.cfg.text_field, self.name)
 
     def documents(self, start: int = 0) -> Iterator[bytes]:
         """Documents from position ``start`` on (empty documents are skipped and not counted)."""

@@ -5,7 +5,8 @@
 
 Modules: ``config`` (typed run config), ``task`` (the per-kind ``Task`` interface and registry),
 ``blt_task`` / ``entropy_task`` / ``packed_task`` (tasks), ``batches`` (packed rows, per-step
-batches), ``patch_source`` (patcher settings -> document patch lengths), ``optim`` (AdamW groups),
+batches), ``patch_source`` (patcher settings -> document patch lengths), ``precomputed`` (entropies
+from ``bltkit precompute`` shards), ``optim`` (AdamW groups),
 ``schedule`` (cosine / WSD / constant), ``flops`` (analytic FLOPs), ``checkpoint`` (atomic
 checkpoints), ``metrics`` (metrics.jsonl, TensorBoard), ``distributed`` (DDP / FSDP2, torchrun),
 ``loop`` (the loop). CLI: ``bltkit train`` and ``bltkit train-entropy``.

@@ -1,13 +1,14 @@
 """Rows and batches for the trainer: documents -> packed rows -> per-rank, per-step batches.
 
-Packing (blt-reference §7.3, simplified to a fixed byte count so that every step has the same
-shape): documents are encoded ``BOS bytes EOS`` and concatenated into one stream, with each
-document's patch lengths (summing to its length, ``include_next_token=False``). Row r holds the
-``N + 1`` stream bytes from ``r * N``: inputs are the first N, targets the last N, so every byte
-but the first is a target exactly once. A row's patch lengths are the stream patches cut to that
-window; a first patch longer than 1 has its first byte split off (§7.3 step 4), so each row has
-``pl[0] == 1`` and ``sum(pl) == N + 1`` (§3.6). The last row is padded with BOE (id 0, mask 0),
-the padding folded into the last patch.
+Packing is the data pipeline's (``bltkit.data.packing.BytePacker`` with ``final_target="next"``,
+blt-reference §7.3 simplified to a fixed byte count so that every step has the same shape); this
+module only runs it over a whole document list at once. Documents are encoded ``BOS bytes EOS``
+and concatenated into one stream, with each document's patch lengths (summing to its length,
+``include_next_token=False``). Row r holds the ``N + 1`` stream bytes from ``r * N``: inputs are
+the first N, targets the last N, so every byte but the first is a target exactly once. A row's
+patch lengths are the stream patches cut to that window; a first patch longer than 1 has its
+first byte split off (§7.3 step 4), so each row has ``pl[0] == 1`` and ``sum(pl) == N + 1``
+(§3.6). The last row is padded with BOE (id 0, mask 0), the padding folded into the last patch.
 
 Batches are a pure function of the step: global step s takes rows ``s*B .. s*B+B-1`` of a
 seeded per-epoch permutation, and rank r of W takes every W-th of them. Resuming needs only the
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..data.vocab import BOE_ID, encode_tensor
+from ..data.vocab import encode_tensor
 from ..patching.lengths import pad_rows, trim_zero_columns
 
 PatchFn = Callable[[torch.Tensor], torch.Tensor]  # document ids (T,) -> lengths (P,) summing to T
@@ -50,57 +51,45 @@ class Rows:
 
 def pack_rows(docs: list[bytes], seq_len: int, patch_fn: Optional[PatchFn] = None, where: str = "corpus") -> Rows:
     """Cut documents into rows of ``seq_len`` inputs (see the module docstring)."""
+    from ..data.packing import BytePacker, collate, document_patch_lengths
+
     if not docs:
         raise ValueError(f"no documents in {where}: nothing to train or evaluate on")
     enc = [encode_tensor(d) for d in docs]  # BOS ... EOS
-    stream = torch.cat(enc)
-    t = int(stream.numel())
-    n = seq_len
-    n_rows = max(1, -(-(t - 1) // n))
-    padded = torch.full((n_rows * n + 1,), BOE_ID, dtype=torch.int64)
-    padded[:t] = stream
-    idx = torch.arange(n_rows)[:, None] * n + torch.arange(n + 1)[None]
-    ids = padded[idx]  # (R, N+1)
-    mask = (idx[:, 1:] < t).to(torch.int64)  # (R, N): padding targets excluded
+    all_pl = _patch_documents(enc, patch_fn, where) if patch_fn is not None else [None] * len(enc)
+    packer = BytePacker(seq_len, with_patches=patch_fn is not None, final_target="next")
+    rows = []
+    for i, (ids, pl) in enumerate(zip(enc, all_pl)):
+        if pl is not None:
+            pl = document_patch_lengths(ids, lambda _ids, pl=pl: pl, where=f"{where}: document {i}")
+        packer.add(ids, pl)
+        rows.extend(packer.pop_rows())
+    rows.extend(packer.flush())
+    batch = collate(rows, pad_to=seq_len)  # (R, N) each; patch lengths (R, P) zero-padded
+    ids = torch.cat([batch["ids"], batch["targets"][:, -1:]], 1)  # (R, N+1): inputs + last target
+    mask = batch["mask"].to(torch.int64)
     if patch_fn is None:
         return Rows(ids, mask, None)
-    all_pl = _patch_documents(enc, patch_fn, where)
-    starts = []
-    off = 0
-    for e, pl in zip(enc, all_pl):
-        pl = pl.to(torch.int64)
-        if int(pl.sum()) != e.numel() or bool((pl < 0).any()):
-            raise ValueError(f"patcher gave lengths summing to {int(pl.sum())} for a {e.numel()}-byte document")
-        pl = pl[pl > 0]
-        starts.append(off + torch.cumsum(pl, 0) - pl)
-        off += e.numel()
-    starts_all = torch.cat(starts)  # sorted stream positions where a patch starts
-    lengths = []
-    for r in range(n_rows):
-        a, b = r * n, r * n + n + 1
-        lo = int(torch.searchsorted(starts_all, a, right=True))
-        hi = int(torch.searchsorted(starts_all, min(b, t), right=False))
-        inner = starts_all[lo:hi]
-        bounds = torch.cat([torch.tensor([a]), inner, torch.tensor([b])])
-        pl = bounds[1:] - bounds[:-1]  # padding (stream end .. b) folds into the last patch
-        if int(pl[0]) > 1:  # BOS alone is the model's convention: split the first byte off
-            pl = torch.cat([torch.tensor([1, int(pl[0]) - 1]), pl[1:]])
-        lengths.append(pl)
-    return Rows(ids, mask, lengths)
+    return Rows(ids, mask, [q[q > 0] for q in batch["patch_lengths"]])
 
 
 def _patch_documents(enc: list[torch.Tensor], patch_fn: PatchFn, where: str, group: int = 64) -> list[torch.Tensor]:
     """Patch lengths of every document, with a progress bar when there are many (entropy patching
-    runs a model over every byte). A batched form ``patch_fn.batch(docs)`` is used when it exists."""
+    runs a model over every byte). A batched form ``patch_fn.batch(docs)`` is used when it exists,
+    given the documents' names too (for its errors) when it sets ``names_documents``."""
     from tqdm import tqdm
 
     many = getattr(patch_fn, "batch", None)
+    named = bool(getattr(patch_fn, "names_documents", False))
     out: list[torch.Tensor] = []
     with tqdm(total=sum(int(e.numel()) for e in enc), desc=f"patching {where}", unit="B", unit_scale=True,
               disable=len(enc) < 2 * group, leave=False) as bar:
         for i in range(0, len(enc), group):
             part = enc[i:i + group]
-            out.extend(many(part) if callable(many) else [patch_fn(e) for e in part])
+            if callable(many) and named:
+                out.extend(many(part, [f"{where}: document {i + j}" for j in range(len(part))]))
+            else:
+                out.extend(many(part) if callable(many) else [patch_fn(e) for e in part])
             bar.update(sum(int(e.numel()) for e in part))
     return out
 

@@ -11,7 +11,8 @@ Per optimiser step (blt-reference §7.4):
 Logged every ``log_every`` steps: loss, lr, bytes, mean patch length, cumulative training FLOPs,
 bytes/s; every ``eval_every`` steps (and before the first and after the last): held-out bits per
 byte. Checkpoints every ``checkpoint_every`` steps and at the end (checkpoint.py); ``resume``
-continues from the newest complete one and reproduces the uninterrupted run's losses. The
+continues from the newest complete one and reproduces the uninterrupted run's losses (a config
+that differs from the checkpoint's is used, with a warning on stderr naming the changed keys). The
 finished ``out_dir`` is a bundle (``bltkit.bundle``).
 
 Precision: fp32 master weights; bf16 autocast on CUDA (``precision: auto``), fp32 on CPU.
@@ -108,6 +109,37 @@ def _prepare_out(out: Path, resume: bool, env: DistEnv) -> Optional[Path]:
     return latest if resume else None
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: d}
+    return {prefix[:-1]: d}
+
+
+def config_changes(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, checkpoint value, current value) of every setting that differs; a key missing
+    on one side reads as ``<unset>``."""
+    a, b = _flat(saved), _flat(now)
+    unset = "<unset>"
+    return [(k, a.get(k, unset), b.get(k, unset)) for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]
+
+
+def warn_config_changes(saved: dict, now: dict, checkpoint: Path) -> list[tuple[str, Any, Any]]:
+    """Tell stderr which settings a resume changes: the run goes on with the new ones, which is
+    right for ``steps`` and rarely for the model or the data."""
+    import sys
+
+    changes = config_changes(saved, now)
+    if changes:
+        lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, old, new in changes)
+        msg = (f"--resume with a config that differs from the checkpoint's ({checkpoint / 'config.yaml'}) in "
+               f"{len(changes)} key(s); continuing with the new values:\n{lines}")
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+    return changes
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, config_dir: Optional[Path] = None,
           stop_after: Optional[int] = None) -> TrainResult:
     """Run ``cfg`` into ``out_dir``. ``stop_after`` ends the session after that step (as a kill
@@ -148,6 +180,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, config_dir: Optional[Path]
     result = TrainResult(out, cfg.steps)
     if latest is not None:
         state = ckpt.read_checkpoint(latest, env.rank)
+        if env.is_main:
+            warn_config_changes(state["config"], run_config, latest)
         _load_state(wrapped, optimizer, state["model_state"], state["optim_state"])
         tr = state["trainer"]
         start, flops_total, bytes_total = tr["step"], tr["flops"], tr["bytes"]

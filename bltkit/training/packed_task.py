@@ -9,6 +9,9 @@ Rows are packed once (batches.py), on first use, and shared by the train and eva
 With ``stream:`` set, batches come from the data pipeline's streaming loader instead
 (``bltkit.data.loader``: source mixtures, the reference's patch-count packing, documents patched
 as they stream in), and held-out batches from its ``heldout_batches``.
+
+``patched_sources`` lists every source whose documents get patched (training and held-out), so
+that precomputed entropies (precomputed.py) can be checked against the run's data up front.
 """
 from __future__ import annotations
 
@@ -65,6 +68,30 @@ class PackedDataTask(Task):
             raise ValueError(f"no held-out documents for data.train {specs}: give data.eval or raise data.eval_fraction")
         return train, held, specs
 
+    def patched_sources(self) -> list[tuple[str, str]]:
+        """(source spec, role) of every source whose documents this run patches: training sources
+        and the held-out ones (``data.eval``, or each source's own held-out split)."""
+        from ..data.sources import DataSource, SourceConfig
+
+        out: list[tuple[str, str]] = []
+        if self.cfg.stream is not None:
+            sc = self._stream_config()
+            for src in sc.sources:
+                held = DataSource(src).heldout_source()
+                out.append((src.path, "stream.sources"))
+                if held is not None:
+                    out.append((held.name, f"held-out split of {src.path!r}"))
+            return out
+        d = self.cfg.data
+        for spec in (self._resolve(s) for s in d.train):
+            out.append((spec, "data.train"))
+            if not d.eval:
+                held = DataSource(SourceConfig(path=spec, text_field=d.text_field)).heldout_source()
+                if held is not None:
+                    out.append((held.name, f"held-out split of {spec!r}"))
+        out.extend((self._resolve(s), "data.eval") for s in d.eval)
+        return out
+
     def _rows(self) -> tuple[Rows, Rows]:
         if getattr(self, "_cached_rows", None) is None:
             train_docs, held_docs, specs = self._documents()
@@ -78,7 +105,10 @@ class PackedDataTask(Task):
         if self.cfg.stream is not None:
             from ..data.loader import DataLoader
 
-            return DataLoader(self._stream_config(), self.patch_fn(), rank=rank, world_size=world_size)
+            fn = self.patch_fn()
+            keyed = getattr(fn, "keyed", None)  # names the source and document in its errors
+            return DataLoader(self._stream_config(), None if keyed else fn, keyed_patch_fn=keyed, rank=rank,
+                              world_size=world_size)
         d = self.cfg.data
         return StepBatches(self._rows()[0], d.batch_size, rank, world_size, seed=self.cfg.seed, shuffle=d.shuffle)
 
@@ -88,7 +118,10 @@ class PackedDataTask(Task):
             from ..data.loader import heldout_batches
 
             sc = self._stream_config()
-            return heldout_batches(sc, self.patch_fn(), max_batches=-(-d.eval_rows // sc.batch_size))
+            fn = self.patch_fn()
+            keyed = getattr(fn, "keyed", None)
+            return heldout_batches(sc, None if keyed else fn, keyed_patch_fn=keyed,
+                                   max_batches=-(-d.eval_rows // sc.batch_size))
         return eval_batches(self._rows()[1], d.eval_rows, d.batch_size)
 
     def _stream_config(self):
