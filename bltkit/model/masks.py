@@ -14,12 +14,12 @@ FlexAttention BlockMasks whose ``mask_mod`` reads the id vectors, so no (N x P) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from ..data.vocab import EOS_ID
-from ..nn.masks import document_ids, local_causal_mask
+from ..nn.masks import document_ids, local_causal_block_mask, local_causal_mask
 from ..patching.lengths import decoder_patch_ids, patch_ids_from_lengths
 
 
@@ -77,20 +77,9 @@ def _flex_masks(b, n, p, k, doc, pid, dpid, pdoc, cfg) -> BLTMasks:
     from torch.nn.attention.flex_attention import create_block_mask
 
     dev = doc.device
-
-    def local(window: Optional[int], reset: bool):
-        def mask_mod(bi, h, q, s):
-            m = s <= q
-            if window is not None:
-                m = m & (q - s < window)
-            if reset:
-                m = m & (doc[bi, q] == doc[bi, s])
-            return m
-        return create_block_mask(mask_mod, B=b, H=None, Q_LEN=n, KV_LEN=n, device=dev)
-
-    enc_local = local(cfg.encoder.window, cfg.encoder.doc_reset)
+    enc_local = local_causal_block_mask(doc, cfg.encoder.window, cfg.encoder.doc_reset)
     same = (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset)
-    dec_local = enc_local if same else local(cfg.decoder.window, cfg.decoder.doc_reset)
+    dec_local = enc_local if same else local_causal_block_mask(doc, cfg.decoder.window, cfg.decoder.doc_reset)
 
     def enc_cross_mod(bi, h, q, s):
         return pid[bi, s] == q // k
