@@ -73,13 +73,13 @@ def heldout_documents(data: dict, n: int, config_dir: Optional[Path] = None) -> 
 def utf8_prefix(doc: bytes, n: int) -> str:
     """The first ``n`` bytes of ``doc`` or fewer, cut at a character (and, when one is near, a space)."""
     piece = doc[:n]
-    while piece:
+    for cut in range(min(4, len(piece)) + 1):  # a character is at most 4 bytes long
         try:
-            text = piece.decode("utf-8")
+            text = piece[:len(piece) - cut].decode("utf-8")
             break
         except UnicodeDecodeError:
-            piece = piece[:-1]
-    else:
-        return doc[:n].decode("utf-8", errors="replace")
+            continue
+    else:  # not UTF-8 (bytes are bytes): shown with replacement characters
+        return piece.decode("utf-8", errors="replace")
     cut = text.rfind(" ")
     return text[:cut + 1] if len(doc) > n and cut > len(text) // 2 else text

@@ -42,7 +42,7 @@ def _code(text: str) -> str:
 
 def render(rec: DemoRecord, table: str, out: Path) -> str:
     lines = ["# bltkit demo", "",
-             f"`{rec.command}` on {rec.machine} ({rec.device}, torch {rec.torch}), config `{rec.config}`: "
+             f"`{rec.command}` on {rec.machine}, device {rec.device}, torch {rec.torch}, config `{rec.config}`: "
              f"{rec.wall_clock_s / 60:.1f} minutes in all "
              f"({', '.join(f'{k} {v:.0f} s' for k, v in rec.stages_s.items())}).", ""]
     em = rec.entropy_model

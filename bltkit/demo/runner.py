@@ -58,7 +58,8 @@ def describe_machine(device: str) -> str:
     import torch
 
     cores = os.cpu_count() or 1
-    cpu = f"{cores} CPU cores ({platform.machine()}, {torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads()
+    cpu = f"{cores} CPU cores ({platform.machine()}), {threads} torch thread{'s' if threads > 1 else ''}"
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))}, {cpu}"
     return cpu
@@ -128,7 +129,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     rec = DemoRecord(command=command, config=source, device=device, machine=describe_machine(device),
                      torch=torch.__version__, budget={"kind": cc.budget.kind, "value": cc.budget.value})
     data = cc.base.get("data", {})
-    say(f"bltkit demo: {rec.machine}, device {device}; config {source}")
+    say(f"bltkit demo on {rec.machine}; device {device}; config {source}")
     say(f"data: {', '.join(data.get('train', ['builtin']))} (held out: "
         f"{', '.join(data['eval']) if data.get('eval') else 'each source own held-out split'}); output: {out}")
     stages = _Stages(4, say)
