@@ -17,6 +17,9 @@ from bltkit.demo.data import heldout_documents, use_data, utf8_prefix
 from bltkit.demo.runner import prepare_out
 
 ROOT = Path(__file__).resolve().parent.parent
+# The end-to-end tests share one quick demo run (a module fixture): under pytest-xdist keep them
+# on one worker (--dist loadfile or loadgroup), or each worker would run the demo again.
+demo_group = pytest.mark.xdist_group("bltkit-demo")
 
 
 # ---- the quick demo, end to end ------------------------------------------------------------------
@@ -31,6 +34,7 @@ def quick_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
+@demo_group
 def test_quick_demo_prints_table_patches_and_generation(quick_demo):
     out, stdout, rec = quick_demo
     cfg, _ = load_demo_config("quick")
@@ -48,6 +52,7 @@ def test_quick_demo_prints_table_patches_and_generation(quick_demo):
 
 
 @pytest.mark.slow
+@demo_group
 def test_quick_demo_variants_are_matched_trained_and_distinct(quick_demo):
     out, _, rec = quick_demo
     budget = rec["budget"]["value"]
@@ -67,6 +72,7 @@ def test_quick_demo_variants_are_matched_trained_and_distinct(quick_demo):
 
 
 @pytest.mark.slow
+@demo_group
 def test_quick_demo_writes_bundles_report_and_pictures(quick_demo):
     import bltkit
 
@@ -96,6 +102,7 @@ def test_quick_demo_writes_bundles_report_and_pictures(quick_demo):
 
 
 @pytest.mark.slow
+@demo_group
 def test_demo_refuses_to_overwrite_without_asking(quick_demo, capsys):
     out, _, _ = quick_demo
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 2

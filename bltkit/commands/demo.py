@@ -1,6 +1,6 @@
 """The main job: train an entropy model, a BLT and its baselines at matched compute, and compare them.
 
-    bltkit demo                                  # built-in corpus, about 10 minutes on 2 CPU cores
+    bltkit demo                                  # built-in corpus, 3 minutes on an idle 2-core CPU
     bltkit demo --quick                          # the same in a minute or two (smaller budget)
     bltkit demo --data my_texts/ --out runs/mine # your own data (files, folders, globs)
     bltkit demo --data train.jsonl --eval valid.jsonl --text-field content
@@ -18,8 +18,9 @@ What it does, offline, with a progress bar and ETA for every training run:
 Your data: --data takes files (.txt: one document a file; .jsonl / .json / .parquet: the
 "text" field, or --text-field), folders (every such file inside), globs and 'builtin'. Held out
 (never trained on, scored and shown): --eval PATH... when given, else a fixed 5% of your
-documents chosen by a hash of their bytes. Give at least a few dozen documents; the config reads
-the first limit_bytes of them (--set compare.base.data.limit_bytes=N to change it).
+documents chosen by a hash of their bytes; the text patched on screen and the prompts are the
+starts of held-out documents (or --text, --prompt). Give at least a few dozen documents; the
+config reads the first limit_bytes of them (--set compare.base.data.limit_bytes=N to change it).
 
 On a machine with a CUDA GPU the demo uses it, with larger sizes (configs/demo/gpu.yaml), and
 says so; --device cpu keeps it on the CPU. Configs: configs/demo/{cpu,quick,gpu}.yaml, or your
@@ -70,6 +71,7 @@ def run(args) -> int:
         print(f"CUDA GPU found: using it with the {name!r} sizes (configs/demo/{name}.yaml); --device cpu to stay on the CPU")
     if args.data:
         use_data(cfg, args.data, args.eval, args.text_field)
+        cfg.show.text, cfg.show.prompts = None, []  # shown text and prompts: your held-out documents
     elif args.text_field:
         raise ValueError("--text-field goes with --data")
     if args.threads is not None:
