@@ -197,3 +197,13 @@ def resolve_config_path(name_or_path: str | os.PathLike, kind: str) -> Path:
         return shipped
     available = sorted(q.stem for q in (CONFIG_ROOT / kind).glob("*.yaml")) if (CONFIG_ROOT / kind).is_dir() else []
     raise ConfigError(f"no config file {p} and no shipped {kind} config named {str(name_or_path)!r} (shipped: {available})")
+
+
+def read_config(name_or_path: str | os.PathLike, kind: str, overrides: list[str] | None = None) -> tuple[dict, Path]:
+    """(raw mapping, its file) for a YAML path or a shipped name under ``configs/<kind>/``, with
+    ``key.sub=value`` overrides applied: the one reading step every typed ``load_*_config`` shares."""
+    p = resolve_config_path(name_or_path, kind)
+    data = read_yaml(p)
+    if overrides:
+        apply_overrides(data, overrides, source=str(p))
+    return data, p

@@ -89,10 +89,7 @@ class EntropyModelConfig:
 
 def load_entropy_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> EntropyModelConfig:
     """A config from a YAML path or a shipped name under ``configs/entropy/`` (tiny, small, paper)."""
-    p = cfgio.resolve_config_path(name_or_path, "entropy")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(name_or_path, "entropy", overrides)
     return cfgio.from_dict(EntropyModelConfig, data, source=str(p))
 
 

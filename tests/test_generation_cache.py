@@ -29,13 +29,7 @@ CPU = torch.device("cpu")
 SMALL = ["encoder.window=32", "decoder.window=32", "hash.vocab=257"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny per-byte kernels: one thread is faster on a shared 2-core machine, and deterministic.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

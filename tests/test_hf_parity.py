@@ -220,6 +220,15 @@ def _copy(src, dst):
     return dst
 
 
+def _copy_with_config(src, dst, section, key, value):
+    """A copy of an HF checkpoint with one entry of its config.json changed."""
+    d = _copy(src, dst)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[section][key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
 def test_from_hf_missing_source_and_missing_weights(tmp_path, hf_dir, capsys):
     assert main(["convert", "--from", "hf", str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -243,10 +252,7 @@ def test_from_hf_refuses_pickled_and_corrupt_weights(tmp_path, hf_dir, capsys):
 
 
 def test_from_hf_shape_mismatch_names_the_hf_tensor(tmp_path, hf_dir, capsys):
-    d = _copy(hf_dir, tmp_path / "mismatch")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["decoder_config"]["intermediate_size"] = 128
-    (d / "config.json").write_text(json.dumps(cfg))
+    d = _copy_with_config(hf_dir, tmp_path / "mismatch", "decoder_config", "intermediate_size", 128)
     assert main(["convert", "--from", "hf", str(d), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "model.local_decoder.layers.0.mlp.gate_proj.weight has shape (96, 32)" in err
@@ -254,10 +260,7 @@ def test_from_hf_shape_mismatch_names_the_hf_tensor(tmp_path, hf_dir, capsys):
 
 
 def test_from_hf_refuses_what_bltkit_cannot_hold(tmp_path, hf_dir, capsys):
-    d = _copy(hf_dir, tmp_path / "gqa_local")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["encoder_config"]["num_key_value_heads"] = 2
-    (d / "config.json").write_text(json.dumps(cfg))
+    d = _copy_with_config(hf_dir, tmp_path / "gqa_local", "encoder_config", "num_key_value_heads", 2)
     assert main(["convert", "--from", "hf", str(d), str(tmp_path / "o")]) == 2
     assert "encoder_config.num_key_value_heads 2" in capsys.readouterr().err
 

@@ -19,12 +19,7 @@ from entropy_model.precompute import precompute
 VALID_BYTES = sum(len(d) for d in DataSource("builtin/devil:valid").documents())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ from bltkit.training.optim import parameter_groups
 from bltkit.training.patch_source import make_patch_fn
 from bltkit.training.schedule import lr_factor
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core runner two OpenMP threads contending with other
-    processes make each tiny step ~100x slower; results stay deterministic either way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"

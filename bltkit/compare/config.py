@@ -121,8 +121,5 @@ class CompareConfig:
 
 def load_compare_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> tuple[CompareConfig, Path]:
     """(config, its file) from a path or a shipped name under ``configs/experiments/``."""
-    p = cfgio.resolve_config_path(name_or_path, "experiments")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(name_or_path, "experiments", overrides)
     return cfgio.from_dict(CompareConfig, data, source=str(p)), p

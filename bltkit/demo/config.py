@@ -86,8 +86,5 @@ def shipped_name(quick: bool, cuda: bool) -> str:
 def load_demo_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> tuple[DemoConfig, Path]:
     """(config, its file) from a YAML path or a shipped name under ``configs/demo/``; ``overrides``
     are ``key.sub=value`` strings (``compare.budget.value=2e12``)."""
-    p = cfgio.resolve_config_path(name_or_path, "demo")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(name_or_path, "demo", overrides)
     return cfgio.from_dict(DemoConfig, data, source=str(p)), p

@@ -167,10 +167,7 @@ def blt_config_to_dict(cfg: BLTConfig) -> dict:
 
 def load_blt_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> BLTConfig:
     """A model config from a YAML file or a shipped name (``tiny``, ``bench-s``, ``400m``, ``1b``)."""
-    p = cfgio.resolve_config_path(path, "model")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(path, "model", overrides)
     return blt_config_from_dict(data, source=str(p))
 
 

@@ -66,8 +66,5 @@ def bytelm_config_from_dict(data: dict, source: Optional[str] = None) -> ByteLMC
 
 def load_bytelm_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> ByteLMConfig:
     """A ByteLM config from a YAML path or a shipped name under ``configs/bytelm/`` (``tiny``)."""
-    p = cfgio.resolve_config_path(name_or_path, "bytelm")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(name_or_path, "bytelm", overrides)
     return bytelm_config_from_dict(data, source=str(p))

@@ -30,7 +30,7 @@ from ..training.batches import Rows, StepBatches, eval_batches, pack_rows
 from ..training.config import TrainConfig
 from ..training.flops import lm_forward_flops, training_flops
 from ..training.packed_task import PackedDataTask
-from ..training.task import masked_nats
+from ..training.task import instantiate_with_state, masked_nats
 from .config import ByteLMConfig, load_bytelm_config
 from .loss import patch_nats
 from .model import ByteLM, check_patch_size
@@ -88,10 +88,7 @@ class ByteLMTask(PackedDataTask):
         return cfgio.to_dict(self.model_cfg)
 
     def model_from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
-        with torch.device("meta"):
-            model = ByteLM(self.model_cfg)
-        model.load_state_dict(state, assign=True)
-        return model
+        return instantiate_with_state(ByteLM, self.model_cfg, state)
 
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
         save_bundle(out_dir, model, "bytelm", patcher={})

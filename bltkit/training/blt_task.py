@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .flops import blt_forward_flops, training_flops
 from .packed_task import PackedDataTask
 from .patch_source import bundle_patcher_settings, make_patch_fn
-from .task import masked_nats
+from .task import instantiate_with_state, masked_nats
 
 
 class BLTTask(PackedDataTask):
@@ -76,10 +76,7 @@ class BLTTask(PackedDataTask):
         return float(pl.sum()) / max(1, int((pl > 0).sum()))
 
     def model_from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
-        with torch.device("meta"):
-            model = ByteLatentTransformer(self.model_cfg)
-        model.load_state_dict(state, assign=True)
-        return model
+        return instantiate_with_state(ByteLatentTransformer, self.model_cfg, state)
 
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
         patcher = bundle_patcher_settings(self.cfg.patcher)  # no training-only keys (precomputed...)

@@ -132,10 +132,7 @@ class TrainConfig:
 
 def load_train_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> TrainConfig:
     """A run config from a YAML path or a shipped name under ``configs/train/``, with overrides."""
-    p = cfgio.resolve_config_path(name_or_path, "train")
-    data = cfgio.read_yaml(p)
-    if overrides:
-        cfgio.apply_overrides(data, overrides, source=str(p))
+    data, p = cfgio.read_config(name_or_path, "train", overrides)
     return cfgio.from_dict(TrainConfig, data, source=str(p))
 
 

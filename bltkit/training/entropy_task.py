@@ -20,7 +20,7 @@ from ..bundle import save_bundle
 from .config import TrainConfig
 from .flops import lm_forward_flops, training_flops
 from .packed_task import PackedDataTask
-from .task import masked_nats
+from .task import instantiate_with_state, masked_nats
 
 
 class EntropyTask(PackedDataTask):
@@ -55,10 +55,7 @@ class EntropyTask(PackedDataTask):
     def model_from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
         from entropy_model.model import EntropyModel
 
-        with torch.device("meta"):
-            model = EntropyModel(self.model_cfg)
-        model.load_state_dict(state, assign=True)
-        return model
+        return instantiate_with_state(EntropyModel, self.model_cfg, state)
 
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
         save_bundle(out_dir, model, "entropy", patcher={})

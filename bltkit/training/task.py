@@ -53,6 +53,15 @@ def masked_nats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return (nats * m).sum(), m.sum()
 
 
+def instantiate_with_state(cls: type[nn.Module], cfg: Any, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``cls(cfg)`` holding ``state``'s tensors, built on the meta device so that no throwaway
+    random init is allocated (consolidated FSDP checkpoints of a large model load in one copy)."""
+    with torch.device("meta"):
+        model = cls(cfg)
+    model.load_state_dict(state, assign=True)
+    return model
+
+
 class Task(ABC):
     """One model kind's side of training. ``cfg`` is the whole run config."""
 
