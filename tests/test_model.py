@@ -109,6 +109,34 @@ def test_flex_equals_sdpa(tiny):
             assert (a - b).abs().max() < 1e-4
 
 
+
+@pytest.mark.slow
+def test_compiled_flex_equals_sdpa(tiny, monkeypatch):
+    """The CUDA path compiles flex_attention (``torch.compile``, ``dynamic=False``); inductor also
+    compiles it on CPU, so the compiled kernels and the block masks under compile are checked here
+    against the reference path, including a batch padded to a patch-count bucket (forward only:
+    CPU flex has no backward; tests/test_gpu.py covers training on CUDA)."""
+    import bltkit.nn.attention as attention
+    from bltkit.bench import pad_patch_columns
+
+    compiled = torch.compile(attention.flex_attention, dynamic=False)
+    calls = []
+
+    def compiled_flex(q, k, v, block_mask, scale):
+        calls.append(q.shape)
+        return compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+    monkeypatch.setattr(attention, "_flex", compiled_flex)
+    ids, pl = random_batch(2, 200, seed=5, eos_rate=0.05)
+    with torch.no_grad():
+        ref = tiny(ids, pl, attn_impl="sdpa")
+        assert not calls
+        out = tiny(ids, pl, attn_impl="flex")
+        assert calls, "the flex path did not go through flex_attention"
+        padded = tiny(ids, pad_patch_columns(pl, 64), attn_impl="flex")
+    assert (out - ref).abs().max() < 1e-4
+    assert (padded - ref).abs().max() < 1e-4
+
 # ---- causality --------------------------------------------------------------------------------------
 def _causality_case(model, n, seed, t, impl):
     ids, pl = random_batch(2, n, seed=seed)

@@ -1,6 +1,6 @@
 """The main job: train an entropy model, a BLT and its baselines at matched compute, and compare them.
 
-    bltkit demo                                  # built-in corpus, 3 minutes on an idle 2-core CPU
+    bltkit demo                                  # built-in corpus, 3.5 minutes on an idle 2-core CPU
     bltkit demo --quick                          # the same in a minute or two (smaller budget)
     bltkit demo --data my_texts/ --out runs/mine # your own data (files, folders, globs)
     bltkit demo --data train.jsonl --eval valid.jsonl --text-field content
