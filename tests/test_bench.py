@@ -72,7 +72,9 @@ def test_train_figure_keys_and_values(cli_run):
     assert me["mfu"] is None  # no peak for a CPU
     assert me["flops_source"].startswith("analytic") or me["flops_source"].startswith("FlopCounterMode")
     assert me["bytes_per_s"] == pytest.approx(2 * 128 / (me["step_ms"] / 1e3), rel=1e-6)
-    assert me["patch_columns"] % 64 == 0  # padded to the bucket
+    # Nothing is compiled on CPU, so no padded columns (they would only add global-model work).
+    assert me["bucket"] == 0
+    assert me["patch_columns"] == blt_patch_lengths(anchor_patch_rows(2, 128)).shape[1]
     assert math.isfinite(me["loss"])
 
 
@@ -152,6 +154,19 @@ def test_padding_patch_columns_keeps_logits_flex(tiny, seed, b, n, eos):
         a = tiny(ids, pl, attn_impl="flex")
         p = tiny(ids, pad_patch_columns(pl, 64), attn_impl="flex")
     torch.testing.assert_close(p, a, rtol=0, atol=1e-5)
+
+
+def test_bucket_default_pads_only_where_something_compiles():
+    from bltkit.bench.settings import BenchSettings
+
+    assert BenchSettings().bucket_for("cpu", "auto") == 0
+    assert BenchSettings().bucket_for("cpu", "flex") == 0  # eager flex on CPU: no recompiles
+    assert BenchSettings(compile=True).bucket_for("cpu", "sdpa") == 64
+    assert BenchSettings().bucket_for("cuda", "auto") == 64  # compiled flex_attention
+    assert BenchSettings().bucket_for("cuda", "sdpa") == 0
+    assert BenchSettings(bucket=128).bucket_for("cpu", "sdpa") == 128
+    with pytest.raises(ValueError, match="bucket -1"):
+        BenchSettings(bucket=-1).validate()
 
 
 def test_bucket_size():

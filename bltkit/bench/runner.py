@@ -101,7 +101,7 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
         model = new_model()
         compiled = compile_blocks(model) if s.compile else 0
         mine = bltkit_train_figure(model, cfg, ids, bpl, device=device, amp=amp, steps=s.steps, warmup=s.warmup,
-                                   bucket=s.bucket, peak=peak)
+                                   bucket=s.bucket_for(device.type, cfg.attn_impl), peak=peak)
         mine["compiled_blocks"] = compiled
         del model
         _free(device)

@@ -22,7 +22,10 @@ class BenchSettings:
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     attn_impl: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA (the fast path), sdpa elsewhere
     compile: bool = False  # per-block torch.compile (opt-in)
-    bucket: int = 64  # pad patch columns to a multiple of this (0: off)
+    # Pad patch columns to a multiple of this (0: off). None: 64 where something is compiled (the
+    # CUDA path's flex_attention, or --compile), where a new patch count would recompile; 0
+    # elsewhere, where padded columns are only extra global-model work.
+    bucket: Optional[int] = None
     entropy_config: str = "small"  # entropy model config: configs/entropy/<name>.yaml or a path
     threshold: float = ANCHOR_THRESHOLD  # entropy patching threshold (nats)
     gen_prompt_bytes: int = 512
@@ -39,10 +42,17 @@ class BenchSettings:
         for name in ("rows", "n_bytes", "steps", "gen_prompt_bytes", "gen_new_bytes", "gen_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.bucket < 0:
+        if self.warmup < 0 or (self.bucket is not None and self.bucket < 0):
             raise ValueError(f"warmup {self.warmup} and bucket {self.bucket} must be >= 0")
         if self.hf_generate_bytes is not None and self.hf_generate_bytes < 1:
             raise ValueError(f"hf_generate_bytes must be >= 1, got {self.hf_generate_bytes}")
+
+    def bucket_for(self, device_type: str, attn_impl: str) -> int:
+        """The patch-column bucket in effect: as set, else 64 when anything is compiled."""
+        if self.bucket is not None:
+            return self.bucket
+        compiled = self.compile or (device_type == "cuda" and attn_impl in ("flex", "auto"))  # auto: flex on CUDA
+        return 64 if compiled else 0
 
     @property
     def hf_new_bytes(self) -> int:

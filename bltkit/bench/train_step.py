@@ -98,7 +98,7 @@ def bltkit_train_figure(model: nn.Module, cfg: BLTConfig, ids: torch.Tensor, pat
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     rec = _figure(model, loss_fn, flops, source, x.numel(), device, amp, steps, warmup, peak, "bltkit train")
-    rec.update(attn_impl=model.resolve_attn_impl(device), patch_columns=int(pl.shape[1]))
+    rec.update(attn_impl=model.resolve_attn_impl(device), patch_columns=int(pl.shape[1]), bucket=bucket)
     return rec
 
 

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     a("--attn-impl", default="auto", choices=["auto", "sdpa", "flex"], help="auto: flex on CUDA, sdpa elsewhere")
     a("--compile", action="store_true", help="torch.compile each block (opt-in)")
-    a("--bucket", type=int, default=64, help="pad patch columns to a multiple of this (0: off; default 64)")
+    a("--bucket", type=int, default=None,
+      help="pad patch columns to a multiple of this (0: off; default 64 when compiled: CUDA flex or --compile; else 0)")
     a("--entropy-config", default="small", help="entropy model config for patching/generation (default small)")
     a("--threshold", type=float, default=ANCHOR_THRESHOLD, help="entropy threshold in nats (default HF's)")
     a("--prompt-bytes", dest="gen_prompt_bytes", type=int, default=512, help="generation prompt bytes (default 512)")
