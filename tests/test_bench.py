@@ -159,12 +159,15 @@ def test_padding_patch_columns_keeps_logits_flex(tiny, seed, b, n, eos):
 def test_bucket_default_pads_only_where_something_compiles():
     from bltkit.bench.settings import BenchSettings
 
-    assert BenchSettings().bucket_for("cpu", "auto") == 0
-    assert BenchSettings().bucket_for("cpu", "flex") == 0  # eager flex on CPU: no recompiles
-    assert BenchSettings(compile=True).bucket_for("cpu", "sdpa") == 64
-    assert BenchSettings().bucket_for("cuda", "auto") == 64  # compiled flex_attention
-    assert BenchSettings().bucket_for("cuda", "sdpa") == 0
-    assert BenchSettings(bucket=128).bucket_for("cpu", "sdpa") == 128
+    from bltkit.nn.attention import flex_compiles
+
+    assert not flex_compiles(torch.device("cpu"))  # eager flex on CPU: no recompiles
+    assert flex_compiles(torch.device("cuda"))  # compiled flex_attention
+    assert BenchSettings().bucket_for(compiled_attention=False) == 0
+    assert BenchSettings().bucket_for(compiled_attention=True) == 64
+    assert BenchSettings(compile=True).bucket_for(compiled_attention=False) == 64
+    assert BenchSettings(bucket=128).bucket_for(compiled_attention=False) == 128
+    assert BenchSettings(bucket=0).bucket_for(compiled_attention=True) == 0
     with pytest.raises(ValueError, match="bucket -1"):
         BenchSettings(bucket=-1).validate()
 

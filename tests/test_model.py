@@ -109,7 +109,6 @@ def test_flex_equals_sdpa(tiny):
             assert (a - b).abs().max() < 1e-4
 
 
-
 @pytest.mark.slow
 def test_compiled_flex_equals_sdpa(tiny, monkeypatch):
     """The CUDA path compiles flex_attention (``torch.compile``, ``dynamic=False``); inductor also
@@ -136,6 +135,7 @@ def test_compiled_flex_equals_sdpa(tiny, monkeypatch):
         padded = tiny(ids, pad_patch_columns(pl, 64), attn_impl="flex")
     assert (out - ref).abs().max() < 1e-4
     assert (padded - ref).abs().max() < 1e-4
+
 
 # ---- causality --------------------------------------------------------------------------------------
 def _causality_case(model, n, seed, t, impl):

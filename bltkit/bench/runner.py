@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..model import ByteLatentTransformer, load_blt_config
+from ..nn.attention import flex_compiles
 from .compile import compile_blocks
 from .entropy import load_bench_entropy_model
 from .generation import (bltkit_generate_figure, cached_generation_figure, hf_generate_figure,
@@ -100,8 +101,9 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
         bpl, hpl = blt_patch_lengths(rows), hf_patch_lengths(rows)
         model = new_model()
         compiled = compile_blocks(model) if s.compile else 0
+        compiled_attention = model.resolve_attn_impl(device) == "flex" and flex_compiles(device)
         mine = bltkit_train_figure(model, cfg, ids, bpl, device=device, amp=amp, steps=s.steps, warmup=s.warmup,
-                                   bucket=s.bucket_for(device.type, cfg.attn_impl), peak=peak)
+                                   bucket=s.bucket_for(compiled_attention), peak=peak)
         mine["compiled_blocks"] = compiled
         del model
         _free(device)

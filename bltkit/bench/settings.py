@@ -47,12 +47,12 @@ class BenchSettings:
         if self.hf_generate_bytes is not None and self.hf_generate_bytes < 1:
             raise ValueError(f"hf_generate_bytes must be >= 1, got {self.hf_generate_bytes}")
 
-    def bucket_for(self, device_type: str, attn_impl: str) -> int:
-        """The patch-column bucket in effect: as set, else 64 when anything is compiled."""
+    def bucket_for(self, compiled_attention: bool) -> int:
+        """The patch-column bucket in effect: as set, else 64 when anything is compiled (the
+        attention kernels, or the blocks with --compile)."""
         if self.bucket is not None:
             return self.bucket
-        compiled = self.compile or (device_type == "cuda" and attn_impl in ("flex", "auto"))  # auto: flex on CUDA
-        return 64 if compiled else 0
+        return 64 if self.compile or compiled_attention else 0
 
     @property
     def hf_new_bytes(self) -> int:

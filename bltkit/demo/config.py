@@ -8,8 +8,8 @@
 that comparison, so every knob of it (budget, model sizes, data, variants) is a knob of the demo.
 The demo needs one BLT variant with entropy patches (its entropy model is shown patching a text,
 the BLT generates); ``show`` says what to show. Shipped configs: ``cpu`` (the default, 3.5
-minutes on an idle 2-core CPU, well under ten on a busy one), ``quick`` (a minute or two, what the tests run) and ``gpu`` (larger sizes,
-picked automatically when a CUDA GPU is present).
+minutes on an idle 2-core CPU, well under ten on a busy one), ``quick`` (a minute or two, what
+the tests run) and ``gpu`` (larger sizes, picked automatically when a CUDA GPU is present).
 """
 from __future__ import annotations
 

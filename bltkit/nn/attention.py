@@ -29,12 +29,17 @@ except ImportError:  # pragma: no cover - torch < 2.5 is not supported, kept for
 _compiled_flex = None
 
 
+def flex_compiles(device: torch.device) -> bool:
+    """Whether the flex path runs compiled on ``device`` (so a new sequence shape recompiles)."""
+    return device.type == "cuda"
+
+
 def _flex(q, k, v, block_mask, scale):
     """flex_attention: compiled on CUDA (once per process; uncompiled flex materialises full
     scores), eager elsewhere, where it serves to check the fast path's masks against SDPA."""
     global _compiled_flex
     gqa = q.shape[1] != k.shape[1]
-    if q.device.type != "cuda":
+    if not flex_compiles(q.device):
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
