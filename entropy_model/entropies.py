@@ -27,13 +27,13 @@ streaming) and ``max_seqlen`` (a chunk-size hint).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from bltkit.data.vocab import BOE_ID, VOCAB_SIZE
+from bltkit.runtime import autocast, autocast_dtype
 
 LN_VOCAB = math.log(VOCAB_SIZE)  # entropy of uniform logits, nats
 
@@ -141,8 +141,7 @@ def compute_entropies(
     jobs.sort(key=lambda j: j[3] - j[1])
     ent_parts: list[list[tuple[int, torch.Tensor]]] = [[] for _ in row_list]
     logit_parts: list[list[tuple[int, torch.Tensor]]] = [[] for _ in row_list]
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    amp = autocast_dtype(precision, device)  # auto: bf16 on CUDA, fp32 elsewhere (bltkit.runtime)
     was_training = scorer.training
     scorer.eval()
     try:
@@ -152,7 +151,7 @@ def compute_entropies(
             x = torch.full((len(group), width), BOE_ID, dtype=torch.int64, device=device)  # (b, C)
             for j, (i, s, a, e) in enumerate(group):
                 x[j, : e - s] = row_list[i][s:e].to(device)
-            with autocast:
+            with autocast(device, amp):
                 logits = scorer(x)  # (b, C, V)
             logits = logits.float()
             ents = entropy(logits)  # (b, C)

@@ -11,10 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bltkit import cli
-from bltkit.bench import (anchor_patch_rows, blt_patch_lengths, compile_blocks, hf_patch_lengths,
-                          pad_patch_columns, peak_bf16_flops)
-from bltkit.bench.buckets import bucket_size
-from bltkit.bench.hardware import mfu
+from bltkit.bench import (BenchSettings, anchor_patch_rows, blt_patch_lengths, bucket_size, compile_blocks,
+                          hf_patch_lengths, mfu, pad_patch_columns, peak_bf16_flops)
 from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.nn.attention import CrossAttention
 from bltkit.nn.block import TransformerBlock
@@ -157,8 +155,6 @@ def test_padding_patch_columns_keeps_logits_flex(tiny, seed, b, n, eos):
 
 
 def test_bucket_default_pads_only_where_something_compiles():
-    from bltkit.bench.settings import BenchSettings
-
     from bltkit.nn.attention import flex_compiles
 
     assert not flex_compiles(torch.device("cpu"))  # eager flex on CPU: no recompiles

@@ -18,7 +18,7 @@ import torch
 
 from bltkit import cli
 from bltkit.bench import anchor_patch_rows, blt_patch_lengths, pad_patch_columns, peak_bf16_flops
-from bltkit.bench.train_step import bltkit_train_figure
+from bltkit.bench.workloads import bltkit_train_figure
 from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.patching.lengths import validate_patch_lengths
 
@@ -145,7 +145,7 @@ def test_entropy_patching_runs_on_cuda(cuda):
     """The CUDA (flex) entropy model gives the CPU (SDPA) model's entropies, and valid patches."""
     from entropy_model.entropies import compute_entropies
 
-    from bltkit.bench.entropy import entropy_patcher, load_bench_entropy_model
+    from bltkit.bench.workloads import entropy_patcher, load_bench_entropy_model
 
     gpu_model, _ = load_bench_entropy_model("tiny", cuda)
     cpu_model, _ = load_bench_entropy_model("tiny", torch.device("cpu"))

@@ -1,15 +1,29 @@
-"""The anchor's inputs: random bytes and fixed patch lengths drawn uniformly from 1..8.
+"""The anchor's inputs: random bytes, fixed patch lengths drawn uniformly from 1..8, and
+patch-count buckets.
 
-``anchor_patch_rows`` repeats shared/anchors/hf_blt_bench.py::fixed_patch_lengths draw for draw
-(generator seeded 1, one ``randint(1, 9)`` at a time, the last length cut so a row sums to N).
-Hugging Face's BLT takes those rows as they are (Σ = N, blt-reference §11.3); bltkit's convention
-puts a 1-byte BOS patch in front (Σ = N + 1, first patch 1, §3.6, pitfall 2), which is exactly
+``anchor_patch_rows`` repeats the anchor's fixed-patch-length draw, draw for draw (generator
+seeded 1, one ``randint(1, 9)`` at a time, the last length cut so a row sums to N). Hugging Face's
+BLT takes those rows as they are (Σ = N); bltkit's convention puts a 1-byte BOS patch in front
+(Σ = N + 1, first patch 1; docs/architecture.md, "The patch-alignment rule"), which is exactly
 ``[1] + row``: the same bytes in the same patches plus the next-byte patch.
+
+Buckets: FlexAttention under ``torch.compile`` (``dynamic=False``) specialises on sequence
+lengths, and entropy patching gives every batch a different patch count P, so each new P would
+recompile. Padding ``patch_lengths`` (B, P) with zero columns to a multiple of ``multiple`` (64:
+P*k is then a multiple of 128, FlexAttention's block size, for k = 2) keeps the shapes few. It is
+a numerical no-op for every real byte (tests/test_bench.py checks the logits):
+- a zero-length patch owns no byte: ``patch_ids`` and the decoder's ``pid(i+1) - 1`` are searches
+  over cumulative ends, which trailing zero columns do not change;
+- its encoder cross-attention row sees no key and gives 0 (an empty row);
+- the global model is causal over patches and the added patches come last, so no real patch
+  attends to them (block-causal included: they hold no EOS);
+- no byte's decoder query is allowed to see them (its patch is a real one).
 Axes: B rows, N bytes, P patches.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..data.vocab import OFFSET, VOCAB_SIZE
 from ..patching.lengths import pad_rows
@@ -52,3 +66,20 @@ def mean_patch_length(patch_lengths: torch.Tensor, n: int) -> float:
     """Bytes a real (non-empty) patch as the anchor counts it: N / (mean real patches a row).
     Pass the anchor's rows (Σ = N); bltkit's rows hold one more patch (BOS alone)."""
     return n / float((patch_lengths > 0).sum(dim=1).double().mean())
+
+
+def bucket_size(n_patches: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that holds ``n_patches`` (``multiple`` 0: unchanged)."""
+    if multiple < 0:
+        raise ValueError(f"bucket multiple must be >= 0, got {multiple}")
+    if multiple == 0:
+        return n_patches
+    return -(-n_patches // multiple) * multiple
+
+
+def pad_patch_columns(patch_lengths: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """(B, P) -> (B, P') with P' = ``bucket_size(P, multiple)``, the new columns zero."""
+    if patch_lengths.dim() != 2:
+        raise ValueError(f"patch_lengths must be (batch, patches), got shape {tuple(patch_lengths.shape)}")
+    p = patch_lengths.shape[1]
+    return F.pad(patch_lengths, (0, bucket_size(p, multiple) - p))

@@ -1,52 +1,90 @@
-"""Runs the figures a ``BenchSettings`` asks for and returns one record a figure.
+"""One ``bltkit bench`` run: its typed settings, the figures it asks for, and their report.
 
-Each record holds bltkit's measurement, HF's on the same configuration in the same process
-(``hf``; ``None`` when transformers is not importable or ``hf`` is off; ``{"error": ...}`` when HF
-cannot build or run it), and the ratio bltkit / HF of bytes a second. Models are freed between
-figures so that peak memory belongs to one model at a time.
+``BenchSettings`` defaults reproduce the anchor (bench-S, 8 rows of 4096 bytes, fixed patch
+lengths 1..8, 2 warm-up and 6 timed steps; generation batch 1 and an aggregate batch, 512-byte
+prompt, 256 new bytes, greedy). ``run_benchmarks`` returns one record a figure: bltkit's
+measurement, HF's on the same configuration in the same process (``hf``; ``None`` when
+transformers is not importable or ``hf`` is off; ``{"error": ...}`` when HF cannot build or run
+it), and the ratio bltkit / HF of bytes a second. Models are freed between figures so that peak
+memory belongs to one model at a time. ``json_line`` and ``format_table`` print the records:
+one JSON object a figure (full precision) and a readable table (rounded).
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
+import json
+import math
 import traceback
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
 
 from ..model import ByteLatentTransformer, load_blt_config
 from ..nn.attention import flex_compiles
-from .compile import compile_blocks
-from .entropy import load_bench_entropy_model
-from .generation import (bltkit_generate_figure, cached_generation_figure, hf_generate_figure,
-                         inference_benchmark_hook)
-from .hardware import device_name, peak_bf16_flops
-from .hf_peer import build_hf_blt, hf_available, hf_semantics, patcher_config
+from ..runtime import autocast_dtype, device_name, resolve_device
+from .hf_peer import build_hf_blt, hf_available, hf_generate_figure, hf_patch_figure, hf_semantics, hf_train_figure, \
+    patcher_config
 from .inputs import anchor_patch_rows, blt_patch_lengths, hf_patch_lengths, mean_patch_length, random_bytes
-from .patching import bltkit_patch_figure, hf_patch_figure
-from .settings import BenchSettings
-from .train_step import bltkit_train_figure, hf_train_figure
+from .measure import peak_bf16_flops
+from .workloads import (bltkit_generate_figure, bltkit_patch_figure, bltkit_train_figure, cached_generation_figure,
+                        compile_blocks, load_bench_entropy_model)
+
+FIGURES = ("train", "patch", "generate")
+ANCHOR_THRESHOLD = 1.335442066192627  # HF BltConfig.patching_threshold, nats
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device (try cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
-    return dev
+@dataclass
+class BenchSettings:
+    config: str = "bench-s"  # model config: a shipped name or a YAML path
+    rows: int = 8  # rows a training / patching batch
+    n_bytes: int = 4096  # bytes a row
+    steps: int = 6  # timed steps (after warm-up)
+    warmup: int = 2
+    only: list[str] = field(default_factory=lambda: list(FIGURES))
+    device: str = "auto"  # auto: cuda when available, else cpu (bltkit.runtime)
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    attn_impl: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA (the fast path), sdpa elsewhere
+    compile: bool = False  # per-block torch.compile (opt-in)
+    # Pad patch columns to a multiple of this (0: off). None: 64 where something is compiled (the
+    # CUDA path's flex_attention, or --compile), where a new patch count would recompile; 0
+    # elsewhere, where padded columns are only extra global-model work.
+    bucket: Optional[int] = None
+    entropy_config: str = "small"  # entropy model config: configs/entropy/<name>.yaml or a path
+    threshold: float = ANCHOR_THRESHOLD  # entropy patching threshold (nats)
+    gen_prompt_bytes: int = 512
+    gen_new_bytes: int = 256
+    gen_batch: int = 32  # the aggregate-throughput batch (batch 1 is always measured)
+    hf: bool = True  # also measure Hugging Face's BLT when transformers is importable
+    hf_generate_bytes: Optional[int] = None  # new bytes for HF generate (time box); default gen_new_bytes
+    seed: int = 0
+
+    def validate(self) -> None:
+        bad = [f for f in self.only if f not in FIGURES]
+        if bad or not self.only:
+            raise ValueError(f"--only {','.join(self.only)!r}: unknown figure(s) {bad}; choose from {', '.join(FIGURES)}")
+        for name in ("rows", "n_bytes", "steps", "gen_prompt_bytes", "gen_new_bytes", "gen_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or (self.bucket is not None and self.bucket < 0):
+            raise ValueError(f"warmup {self.warmup} and bucket {self.bucket} must be >= 0")
+        if self.hf_generate_bytes is not None and self.hf_generate_bytes < 1:
+            raise ValueError(f"hf_generate_bytes must be >= 1, got {self.hf_generate_bytes}")
+
+    def bucket_for(self, compiled_attention: bool) -> int:
+        """The patch-column bucket in effect: as set, else 64 when anything is compiled (the
+        attention kernels, or the blocks with --compile)."""
+        if self.bucket is not None:
+            return self.bucket
+        return 64 if self.compile or compiled_attention else 0
+
+    @property
+    def hf_new_bytes(self) -> int:
+        return self.hf_generate_bytes or self.gen_new_bytes
 
 
-def amp_dtype(dtype: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype (None = plain fp32): ``auto`` is bf16 on CUDA and fp32 elsewhere."""
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
+# ---- running -------------------------------------------------------------------------------------
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -59,12 +97,12 @@ def _ratio(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
     return a["bytes_per_s"] / b["bytes_per_s"]
 
 
-def _hf_guard(fn: Callable[[], dict]) -> dict:
-    """Run a peer measurement (HF, or a collaborator's hook); a failure becomes ``{"error": ...}``
-    with the traceback on stderr, so one peer cannot sink the run."""
+def _guard(fn: Callable[[], dict]) -> dict:
+    """Run a peer measurement (HF, or the cached path beside the uncached one); a failure becomes
+    ``{"error": ...}`` with the traceback on stderr, so one peer cannot sink the run."""
     try:
         return fn()
-    except Exception as e:  # noqa: BLE001 - any HF failure is reported, never fatal
+    except Exception as e:  # noqa: BLE001 - any peer failure is reported, never fatal
         traceback.print_exc()
         return {"error": f"{type(e).__name__}: {e}"[:400]}
 
@@ -76,7 +114,7 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
     if s.attn_impl != "auto":
         cfg = dataclasses.replace(cfg, attn_impl=s.attn_impl)
     cfg.validate()
-    amp = amp_dtype(s.dtype, device)
+    amp = autocast_dtype(s.dtype, device)
     name = device_name(device)
     peak = peak_bf16_flops(name) if device.type == "cuda" else None
     use_hf = s.hf and hf_available()
@@ -118,7 +156,7 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
                 finally:
                     del hf_model
                     _free(device)
-            hf = _hf_guard(hf_run)
+            hf = _guard(hf_run)
         done(dict(figure="train", **base, rows=s.rows, bytes=s.n_bytes, steps=s.steps, warmup=s.warmup,
                   mean_patch=mean_patch_length(hpl, s.n_bytes), bltkit=mine, hf=hf,
                   hf_semantic_changes=changes, ratio_bltkit_over_hf=_ratio(mine, hf)))
@@ -140,44 +178,105 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
             mine = bltkit_patch_figure(entropy_model, ids, s.threshold, device=device, amp=amp, steps=s.steps,
                                        warmup=s.warmup)
             mine["entropy_model_source"] = em_source
-            hf = _hf_guard(lambda: hf_patch_figure(hf_with_patcher(), ids, s.threshold, device=device, amp=amp,
-                                                   steps=s.steps, warmup=s.warmup)) if use_hf else None
+            hf = _guard(lambda: hf_patch_figure(hf_with_patcher(), ids, s.threshold, device=device, amp=amp,
+                                                steps=s.steps, warmup=s.warmup)) if use_hf else None
             done(dict(figure="patch", **base, rows=s.rows, bytes=s.n_bytes, threshold=s.threshold, bltkit=mine,
                       hf=hf, ratio_bltkit_over_hf=_ratio(mine, hf)))
 
         if "generate" in s.only:
-            model = new_model().eval()
-            gen_entropy, _ = load_bench_entropy_model(s.entropy_config, device, attn_impl="sdpa")
-            hook = inference_benchmark_hook()
-            mine_g: dict[str, Any] = {"entropy_model_source": em_source, "cached_over_uncached": {},
-                                      "cached_source": "bltkit.inference.bench.generation_benchmark" if hook
-                                      else None}
-            hf_g: Optional[dict] = {} if use_hf else None
-            ratios: dict[str, Optional[float]] = {}
-            for batch in dict.fromkeys([1, s.gen_batch]):
-                key = f"batch{batch}"
-                prompt = random_bytes(batch, s.gen_prompt_bytes, s.seed + batch)
-                uncached = bltkit_generate_figure(model, gen_entropy, prompt, s.gen_new_bytes, s.threshold,
-                                                  device=device, amp=amp)
-                best = uncached
-                if hook is not None:
-                    cached = _hf_guard(lambda: cached_generation_figure(
-                        hook, model, entropy_model, s.threshold, batch, s.gen_prompt_bytes, s.gen_new_bytes, device))
-                    if "error" not in cached:
-                        best = dict(cached, uncached=uncached)
-                    else:
-                        best = dict(uncached, cached_error=cached["error"])
-                mine_g[key] = best
-                mine_g["cached_over_uncached"][key] = _ratio(best, uncached) if "uncached" in best else None
-                if hf_g is not None:
-                    hf_g[key] = _hf_guard(lambda: hf_generate_figure(hf_with_patcher(), prompt, s.hf_new_bytes,
-                                                                     device=device, amp=amp))
-                ratios[key] = _ratio(mine_g[key], hf_g.get(key) if hf_g is not None else None)
-            del model, gen_entropy
-            done(dict(figure="generate", **base, prompt_bytes=s.gen_prompt_bytes, new_bytes=s.gen_new_bytes,
-                      hf_new_bytes=s.hf_new_bytes if use_hf else None, threshold=s.threshold, bltkit=mine_g,
-                      hf=hf_g, ratio_bltkit_over_hf=ratios))
+            done(_generate_record(s, base, new_model().eval(), entropy_model, em_source, device, amp,
+                                  hf_with_patcher if use_hf else None))
         hf_state.clear()
         del entropy_model
         _free(device)
     return records
+
+
+def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer, entropy_model: torch.nn.Module,
+                     em_source: str, device: torch.device, amp: Optional[torch.dtype],
+                     hf_model: Optional[Callable[[], Any]]) -> dict:
+    """Batch 1 and ``s.gen_batch``: bltkit cached (with the uncached loop beside it) and HF."""
+    gen_entropy, _ = load_bench_entropy_model(s.entropy_config, device, attn_impl="sdpa")
+    mine: dict[str, Any] = {"entropy_model_source": em_source, "cached_over_uncached": {},
+                            "cached_source": "bltkit.inference.bench.generation_benchmark"}
+    hf: Optional[dict] = {} if hf_model is not None else None
+    ratios: dict[str, Optional[float]] = {}
+    for batch in dict.fromkeys([1, s.gen_batch]):
+        key = f"batch{batch}"
+        prompt = random_bytes(batch, s.gen_prompt_bytes, s.seed + batch)
+        uncached = bltkit_generate_figure(model, gen_entropy, prompt, s.gen_new_bytes, s.threshold,
+                                          device=device, amp=amp)
+        cached = _guard(lambda: cached_generation_figure(model, entropy_model, s.threshold, batch,
+                                                         s.gen_prompt_bytes, s.gen_new_bytes, device))
+        if "error" not in cached:
+            mine[key] = dict(cached, uncached=uncached)
+            mine["cached_over_uncached"][key] = _ratio(cached, uncached)
+        else:
+            mine[key] = dict(uncached, cached_error=cached["error"])
+            mine["cached_over_uncached"][key] = None
+        if hf is not None:
+            hf[key] = _guard(lambda: hf_generate_figure(hf_model(), prompt, s.hf_new_bytes, device=device, amp=amp))
+        ratios[key] = _ratio(mine[key], hf.get(key) if hf is not None else None)
+    del model, gen_entropy
+    return dict(figure="generate", **base, prompt_bytes=s.gen_prompt_bytes, new_bytes=s.gen_new_bytes,
+                hf_new_bytes=s.hf_new_bytes if hf is not None else None, threshold=s.threshold, bltkit=mine,
+                hf=hf, ratio_bltkit_over_hf=ratios)
+
+
+# ---- the report ----------------------------------------------------------------------------------
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def json_line(record: dict) -> str:
+    """One record as a line of JSON; NaN and infinity become null (JSON has neither)."""
+    return json.dumps(_clean(record), sort_keys=False)
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _rows(record: dict) -> Iterable[tuple[str, str, dict, Optional[float]]]:
+    """(figure label, implementation, measurement, ratio bltkit/HF) rows of one record."""
+    fig = record["figure"]
+    if fig == "generate":
+        for key in sorted(k for k in record.get("bltkit", {}) if k.startswith("batch")):
+            yield f"generate {key}", "bltkit", record["bltkit"][key], record.get("ratio_bltkit_over_hf", {}).get(key)
+            hf = (record.get("hf") or {}).get(key)
+            if hf:
+                yield f"generate {key}", "HF", hf, None
+        return
+    yield fig, "bltkit", record["bltkit"], record.get("ratio_bltkit_over_hf")
+    if record.get("hf"):
+        yield fig, "HF", record["hf"], None
+
+
+def format_table(records: list[dict]) -> str:
+    """The records as a readable table, one line an implementation and figure."""
+    head = f"{'figure':<18} {'impl':<7} {'bytes/s':>12} {'ms':>10} {'MFU':>7} {'peak GiB':>9} {'bltkit/HF':>9}"
+    lines = [head, "-" * len(head)]
+    for rec in records:
+        for fig, impl, m, ratio in _rows(rec):
+            if "error" in m:
+                lines.append(f"{fig:<18} {impl:<7} error: {m['error'][:60]}")
+                continue
+            ms = m.get("step_ms", m.get("ms"))
+            if ms is None and m.get("s") is not None:
+                ms = m["s"] * 1e3
+            mfu = m.get("mfu")
+            lines.append(f"{fig:<18} {impl:<7} {_fmt(m.get('bytes_per_s'), ',.0f'):>12} {_fmt(ms, ',.1f'):>10} "
+                         f"{'-' if mfu is None else format(100 * mfu, '.1f') + '%':>7} "
+                         f"{_fmt(m.get('peak_mem_gib'), '.2f'):>9} {_fmt(ratio, '.2f'):>9}")
+    if records:
+        r = records[0]
+        kinds = sorted({m["peak_mem_kind"] for rec in records for _, _, m, _ in _rows(rec) if "peak_mem_kind" in m})
+        lines.append(f"device {r.get('device')}, {r.get('dtype')}, config {r.get('config')}; MFU against the dense "
+                     f"bf16 peak (none on CPU or without bf16); peak memory: {', '.join(kinds)}")
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..bench.settings import ANCHOR_THRESHOLD
+    from ..bench.runner import ANCHOR_THRESHOLD
 
     a = parser.add_argument
     a("--config", default="bench-s", help="model size: a shipped name (tiny, bench-s, 400m, 1b) or a YAML path (default bench-s)")
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--steps", type=int, default=6, help="timed steps after warm-up (default 6)")
     a("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     a("--only", type=_csv, default=["train", "patch", "generate"], help="figures, comma separated: train,patch,generate")
-    a("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto: cuda when available)")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     a("--attn-impl", default="auto", choices=["auto", "sdpa", "flex"], help="auto: flex on CUDA, sdpa elsewhere")
     a("--compile", action="store_true", help="torch.compile each block (opt-in)")
@@ -49,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..bench.report import format_table, json_line
-    from ..bench.runner import run_benchmarks
-    from ..bench.settings import BenchSettings
+    from ..bench.runner import BenchSettings, format_table, json_line, run_benchmarks
 
     keys = [f for f in ("config", "rows", "n_bytes", "steps", "warmup", "only", "device", "dtype", "attn_impl",
                         "compile", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",

@@ -58,11 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..demo.config import load_demo_config, shipped_name
     from ..demo.data import use_data
-    from ..demo.runner import resolve_device, run_demo
+    from ..demo.runner import run_demo
+    from ..runtime import resolve_device
 
     if args.eval and not args.data:
         raise ValueError("--eval goes with --data (the built-in corpus has its own held-out split)")
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     name = args.config or shipped_name(args.quick, device.startswith("cuda"))
     if args.config and args.quick:
         raise ValueError("give --config or --quick, not both")

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set steps=100 --set data.batch_size=16 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda, cuda:N, mps (default: the config's device, auto: cuda when available)")
 
 
 def run(args, kind: str | None = None) -> int:
@@ -29,6 +31,8 @@ def run(args, kind: str | None = None) -> int:
     from ..training.loop import train
 
     overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
     if kind is not None:
         overrides.append(f"kind={kind}")
     path = resolve_config_path(args.config, "train")

@@ -43,25 +43,16 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA GPU is present, else ``cpu``; ``cuda`` without one is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is visible to torch {torch.__version__}")
-    return device
-
-
 def describe_machine(device: str) -> str:
     import torch
+
+    from ..runtime import device_name
 
     cores = os.cpu_count() or 1
     threads = torch.get_num_threads()
     cpu = f"{cores} CPU cores ({platform.machine()}), {threads} torch thread{'s' if threads > 1 else ''}"
     if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))}, {cpu}"
+        return f"{device_name(torch.device(device))}, {cpu}"
     return cpu
 
 
@@ -109,12 +100,13 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     from ..compare.entropy import EntropyPatching
     from ..compare.report import results_table, write_report
     from ..compare.runner import run_variant
+    from ..runtime import resolve_device
     from . import report
     from .data import heldout_documents, utf8_prefix
     from .showcase import PATCHES_PNG, generate_samples, patch_view
 
     out = Path(out)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)  # the demo's process, not the library: see DemoConfig.threads
     prepare_out(out, overwrite)

@@ -13,8 +13,8 @@ A bundle (``bltkit.bundle``) holds the model, the entropy model when patching ne
 patcher settings (``bundle.yaml``'s ``patcher``, completed by the calibrated ``patcher.yaml`` in
 the entropy model's directory; the bundle's values win). Loading reads YAML and safetensors only.
 
-Device and dtype: CUDA with bf16 weights when a GPU is present, else CPU with fp32; both can be
-given. Generation uses every cache by default (``use_cache=False`` reruns the patcher and the
+Device and dtype (``bltkit.runtime``): CUDA with bf16 weights when a GPU is present, else CPU
+with fp32; both can be given, and a device this machine lacks is a one-line error. Generation uses every cache by default (``use_cache=False`` reruns the patcher and the
 model on the whole prefix every byte, as the reference does: blt-reference §8).
 
 Context: a BLT has no position table, so the limit is a choice: ``max_context`` bytes (BOS +
@@ -36,6 +36,7 @@ from .. import config as cfgio
 from ..bundle import ENTROPY_SUBDIR, BUNDLE_FILE, load_bundle_models, save_bundle
 from ..data.vocab import encode, to_bytes
 from ..patching.config import PatcherConfig, load_patcher_settings
+from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
 from .sampling import SamplingParams
@@ -43,20 +44,6 @@ from .stepper import BLTStepper, LMStepper
 
 DEFAULT_MAX_CONTEXT = 16384
 Prompt = Union[str, bytes, bytearray]
-
-
-def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
-    """CUDA + bf16 when a GPU is present, else CPU + fp32; either may be given."""
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                 "fp32": torch.float32, "float32": torch.float32}
-        if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
-        dtype = names[dtype]
-    if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    return dev, dtype
 
 
 @dataclass
@@ -77,7 +64,8 @@ class Patches:
 def load(path: str | os.PathLike, device=None, dtype=None, max_context: int = DEFAULT_MAX_CONTEXT) -> "Handle":
     """A handle on the bundle in ``path`` (see the module docstring)."""
     d = Path(path)
-    dev, dt = default_device_dtype(device, dtype)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev, what="dtype")
     meta, model, em = load_bundle_models(d, device=dev, dtype=dt)
     patcher = None
     if meta.kind == "blt":
@@ -259,4 +247,4 @@ def _stops(stop) -> list[bytes]:
     return out
 
 
-__all__ = ["load", "Handle", "Score", "Patches", "Generation", "default_device_dtype", "DEFAULT_MAX_CONTEXT"]
+__all__ = ["load", "Handle", "Score", "Patches", "Generation", "DEFAULT_MAX_CONTEXT"]

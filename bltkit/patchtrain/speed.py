@@ -15,14 +15,10 @@ from typing import Optional
 import torch
 
 from ..data.vocab import OFFSET, VOCAB_SIZE
+from ..runtime import autocast, autocast_dtype, resolve_device, synchronize
 from .config import ByteLMConfig, load_bytelm_config
 from .loss import patch_nats
 from .model import ByteLM
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def phase_bytes_per_s(model: ByteLM, opt: torch.optim.Optimizer, patch_size: int, n_positions: int, batch_size: int,
@@ -34,7 +30,7 @@ def phase_bytes_per_s(model: ByteLM, opt: torch.optim.Optimizer, patch_size: int
     ids, targets, mask = rows[:, :-k], rows[:, k:], torch.ones(batch_size, k * t, dtype=torch.int64, device=device)
 
     def step() -> None:
-        with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
+        with autocast(device, amp):
             logits = model(ids, patch_size=k, validate=False)  # (B, T, V)
             nats, n = patch_nats(logits, targets, mask)
         (nats / n).backward()
@@ -43,11 +39,11 @@ def phase_bytes_per_s(model: ByteLM, opt: torch.optim.Optimizer, patch_size: int
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     return steps * batch_size * k * t / (time.perf_counter() - t0)
 
 
@@ -61,8 +57,8 @@ def patchtrain_phase_speed(model: str | ByteLMConfig = "tiny", patch_size: int =
     if patch_size < 1:
         raise ValueError(f"patch_size K must be >= 1, got {patch_size}")
     cfg = model if isinstance(model, ByteLMConfig) else load_bytelm_config(model)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = torch.bfloat16 if dev.type == "cuda" else None
+    dev = resolve_device(device)
+    amp = autocast_dtype("auto", dev)
     net = ByteLM(cfg).to(dev)
     if compile:
         for layer in net.global_transformer.layers:

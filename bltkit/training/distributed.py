@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..runtime import resolve_device
+
 
 @dataclass
 class DistEnv:
@@ -45,29 +47,18 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {pref!r} asked for, but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
 def init_distributed(device_pref: str = "auto") -> DistEnv:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (or reuse an existing one)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return DistEnv(rank, world, local, pick_device(device_pref, local), owns_group=False)
+        return DistEnv(rank, world, local, resolve_device(device_pref, local_rank=local, what="device"), owns_group=False)
     if world <= 1:
-        return DistEnv(device=pick_device(device_pref))
+        return DistEnv(device=resolve_device(device_pref, local_rank=0, what="device"))
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    device = pick_device(device_pref, local)
+    device = resolve_device(device_pref, local_rank=local, what="device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
+from ..runtime import autocast, autocast_dtype
 from . import checkpoint as ckpt
 from .batches import split_micro
 from .config import TrainConfig
@@ -55,18 +56,6 @@ class TrainResult:
     resumed_from: Optional[int] = None
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" else None
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
-
-
 @torch.no_grad()
 def evaluate(task: Task, model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
              amp: Optional[torch.dtype]) -> float:
@@ -76,7 +65,7 @@ def evaluate(task: Task, model: nn.Module, batches: list[dict[str, torch.Tensor]
     nats = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     for b in batches:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             s, n = task.eval_loss(model, iter_to_device(b, device))
         nats += s.double()
         count += n.double()
@@ -228,7 +217,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, config_dir: Optional[Path]
             nats_step = torch.zeros((), dtype=torch.float64, device=device)
             for i, mb in enumerate(micro):
                 with grad_sync(wrapped, mode, sync=i == len(micro) - 1):
-                    with _autocast(device, amp):
+                    with autocast(device, amp):
                         nats, _ = task.loss(wrapped, iter_to_device(mb, device))
                     (nats * (env.world_size / n_global)).backward()
                 nats_step += nats.detach().double()
