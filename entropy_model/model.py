@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from bltkit import config as cfgio
-from bltkit.data.vocab import VOCAB_SIZE, check_ids
+from bltkit.data.vocab import EOS_ID, VOCAB_SIZE, check_ids
 from bltkit.nn import RMSNorm, TransformerBlock, ffn_hidden_dim, rope_angles, trunc_normal_
+from bltkit.nn.kv_cache import StackCache
 from bltkit.nn.masks import document_ids, local_causal_block_mask, local_causal_mask
 
 CONFIG_FILE = "config.yaml"
@@ -123,8 +124,16 @@ class EntropyModel(nn.Module):
     def max_seqlen(self) -> int:
         return self.config.max_seqlen
 
-    def forward(self, ids: torch.Tensor, attn_impl: Optional[str] = None, validate: bool = True) -> torch.Tensor:
-        """Next-byte logits (B, T, V) in fp32 for ``ids`` (B, T): logits[:, t] predict ids[:, t+1]."""
+    def forward(self, ids: torch.Tensor, attn_impl: Optional[str] = None, validate: bool = True,
+                cache: Optional[StackCache] = None, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Next-byte logits (B, T, V) in fp32 for ``ids`` (B, T): logits[:, t] predict ids[:, t+1].
+
+        With ``cache`` (``new_cache``), ``ids`` are the next T bytes of each row: positions and
+        the mask come from the cache, which they extend; ``valid`` (B, T) marks real bytes (a
+        prefix of each row; the rest is padding and leaves the cache as it was). No host sync.
+        """
+        if cache is not None:
+            return self._cached(ids, cache, valid)
         if ids.dim() != 2:
             raise ValueError(f"ids must be (batch, positions), got shape {tuple(ids.shape)}")
         b, t = ids.shape
@@ -146,6 +155,20 @@ class EntropyModel(nn.Module):
         h = self.tok_embeddings(ids)  # (B, T, D)
         for layer in self.layers:
             h = layer(h, rope, mask)
+        return self.output(self.norm(h)).float()  # (B, T, V)
+
+    def new_cache(self, batch: int, max_len: int) -> StackCache:
+        """An empty cache for ``batch`` rows of up to ``max_len`` bytes (preallocated)."""
+        return StackCache(self.layers, batch, max_len, self.config.window, self.config.doc_reset)
+
+    def _cached(self, ids: torch.Tensor, cache: StackCache, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+        pos, mask = cache.advance(valid, ids == EOS_ID)  # (B, T), (B, 1, T, S)
+        rope = rope_angles(pos.clamp(min=0), cfg.head_dim, cfg.rope_theta)  # (B, T, hd/2)
+        h = self.tok_embeddings(ids)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, mask, cache.layer(i))
         return self.output(self.norm(h)).float()  # (B, T, V)
 
     @torch.no_grad()

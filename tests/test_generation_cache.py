@@ -12,12 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bltkit.data.vocab import EOS_ID, encode
-from bltkit.inference.blt_cached import BLTCache
 from bltkit.inference.boundaries import OnlineBoundaries
 from bltkit.inference.generate import collect
 from bltkit.inference.recompute import RecomputeStepper
 from bltkit.inference.sampling import SamplingParams
-from bltkit.inference.stepper import BLTStepper, LMStepper
+from bltkit.inference.stepper import CachedStepper
 from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.patching.config import PatcherConfig
 from bltkit.patching.lengths import pad_rows
@@ -53,7 +52,7 @@ def test_cached_equals_recompute_256_bytes(models, scheme):
     cfg = _patcher(scheme, th)
     prompt = [encode("Hi, 日本", eos=False)]
     params = SamplingParams(temperature=1.0)
-    a = collect(BLTStepper(blt, cfg, em, 300, CPU), prompt, 256, params, [7], trace=True)[0]
+    a = collect(CachedStepper(blt, cfg, em, 300, CPU), prompt, 256, params, [7], trace=True)[0]
     b = collect(RecomputeStepper(blt, cfg, em, CPU), prompt, 256, params, [7], trace=True)[0]
     assert a.new_ids == b.new_ids and a.bytes == b.bytes
     assert a.new_ids >= 100  # a real run, not an early EOS
@@ -70,7 +69,7 @@ def test_monotonic_greedy_matches(models):
     cfg = PatcherConfig(scheme="monotonic", threshold=0.05)
     prompt = [encode("abc", eos=False)]
     params = SamplingParams(temperature=0.7, top_k=40)
-    a = collect(BLTStepper(blt, cfg, em, 100, CPU), prompt, 60, params, [3], trace=True)[0]
+    a = collect(CachedStepper(blt, cfg, em, 100, CPU), prompt, 60, params, [3], trace=True)[0]
     b = collect(RecomputeStepper(blt, cfg, em, CPU), prompt, 60, params, [3], trace=True)[0]
     assert a.bytes == b.bytes
     assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4
@@ -82,31 +81,29 @@ def test_batch_equals_one_at_a_time(models):
     prompts = [encode(p, eos=False) for p in ["", "Hello there", "日本語😀", "Hello there"]]
     params = SamplingParams(temperature=1.0, top_p=0.9)
     seeds = [1, 2, 3, 4]
-    batch = collect(BLTStepper(blt, cfg, em, 200, CPU), prompts, 80, params, seeds, trace=True)
+    batch = collect(CachedStepper(blt, cfg, em, 200, CPU), prompts, 80, params, seeds, trace=True)
     for p, s, g in zip(prompts, seeds, batch):
-        one = collect(BLTStepper(blt, cfg, em, 200, CPU), [p], 80, params, [s], trace=True)[0]
+        one = collect(CachedStepper(blt, cfg, em, 200, CPU), [p], 80, params, [s], trace=True)[0]
         assert one.bytes == g.bytes and one.stop_reason == g.stop_reason
         assert max(float((x - y).abs().max()) for x, y in zip(one.logits, g.logits)) < 1e-4
 
 
-def test_dropping_rows_keeps_the_others_exact(models):
-    """Rows leave the batch mid-way (``keep``); the remaining rows go on exactly."""
+def test_finished_rows_are_masked_and_the_others_stay_exact(models):
+    """Rows finish mid-way (``live`` False): their caches stand still, the others go on exactly."""
     blt, em, th = models
     cfg = _patcher("entropy", th)
     prompts = [encode(p, eos=False) for p in ["one", "two two", "three three three"]]
-    cached, ref = BLTStepper(blt, cfg, em, 100, CPU), RecomputeStepper(blt, cfg, em, CPU)
+    cached, ref = CachedStepper(blt, cfg, em, 100, CPU), RecomputeStepper(blt, cfg, em, CPU)
     a, b = cached.start(prompts), ref.start(prompts)
     g = torch.Generator().manual_seed(0)
-    rows = 3
+    live = torch.ones(3, dtype=torch.bool)
     for step in range(40):
-        assert torch.allclose(a, b, atol=1e-4, rtol=0)
-        if step in (10, 25):  # drop the first row still there
-            keep = torch.arange(1, rows)
-            cached.keep(keep)
-            ref.keep(keep)
-            rows -= 1
-        ids = torch.randint(4, 260, (rows,), generator=g)
-        a, b = cached.step(ids), ref.step(ids)
+        assert torch.allclose(a[live], b[live], atol=1e-4, rtol=0)
+        if step in (10, 25):  # the first row still going finishes
+            live[int(live.nonzero()[0])] = False
+        ids = torch.randint(4, 260, (3,), generator=g)
+        a, b = cached.step(ids, live), ref.step(ids, live)
+    assert cached.cache.length.tolist() == [len(prompts[0]) + 10, len(prompts[1]) + 25, len(prompts[2]) + 40]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -129,8 +126,9 @@ def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
     ids[2, 20] = EOS_ID
     starts = torch.rand(b, n + 1) < 0.35
     starts[:, :2] = True
-    cache = BLTCache(m, b, n + 1, CPU)
-    out = cache.advance(ids[:, :first], starts[:, 1:first + 1])
+    cache = m.new_cache(b, n + 1)
+    with torch.no_grad():
+        out = m(ids[:, :first], cache=cache, starts_next=starts[:, 1:first + 1])[:, -1]
     for t in range(first, n + 1):
         rows = [[j for j in range(t + 1) if starts[r, j]] for r in range(b)]
         pl = pad_rows([[e - s for s, e in zip(st_, st_[1:] + [t + 1])] for st_ in rows])
@@ -138,7 +136,8 @@ def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
             full = m(ids[:, :t], pl)[:, -1]
         assert torch.allclose(out, full, atol=1e-4, rtol=0), t
         if t < n:
-            out = cache.advance(ids[:, t:t + 1], starts[:, t + 1:t + 2])
+            with torch.no_grad():
+                out = m(ids[:, t:t + 1], cache=cache, starts_next=starts[:, t + 1:t + 2])[:, -1]
 
 
 def test_entropy_model_cache_equals_forward(models):
@@ -147,14 +146,12 @@ def test_entropy_model_cache_equals_forward(models):
     ids = torch.randint(4, 260, (2, 70))
     ids[:, 0] = 1
     ids[0, 30] = EOS_ID
-    from bltkit.inference.lm_cached import LMCache
-
-    cache = LMCache(em, 2, 80, CPU)
-    first = cache.advance(ids[:, :30], all_logits=True)
-    rest = [cache.advance(ids[:, t:t + 1]) for t in range(30, 70)]
+    cache = em.new_cache(2, 80)
     with torch.no_grad():
+        first = em(ids[:, :30], cache=cache)
+        rest = [em(ids[:, t:t + 1], cache=cache) for t in range(30, 70)]
         full = em(ids)
-    got = torch.cat([first, torch.stack(rest, dim=1)], dim=1)
+    got = torch.cat([first, *rest], dim=1)
     assert torch.allclose(got, full, atol=1e-4, rtol=0)
 
 
@@ -165,7 +162,7 @@ def test_byte_lm_generation_cached_equals_recompute():
     m = ByteLM(load_bytelm_config("tiny")).eval()
     prompt = [encode("byte lm", eos=False)]
     params = SamplingParams(temperature=1.0)
-    a = collect(LMStepper(m, 80, CPU), prompt, 40, params, [5], trace=True)[0]
+    a = collect(CachedStepper(m, None, None, 80, CPU), prompt, 40, params, [5], trace=True)[0]
     b = collect(RecomputeStepper(m, None, None, CPU), prompt, 40, params, [5], trace=True)[0]
     assert a.bytes == b.bytes
     assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4
@@ -217,8 +214,52 @@ def test_cached_equals_recompute_on_cuda(models):
     cfg = _patcher("entropy", th)
     prompts = [encode(p, eos=False) for p in ["Hi, 日本", "", "a longer prompt here"]]
     params = SamplingParams(temperature=1.0)
-    a = collect(BLTStepper(blt_c, cfg, em_c, 300, dev), prompts, 128, params, [7, 8, 9], trace=True)
+    a = collect(CachedStepper(blt_c, cfg, em_c, 300, dev), prompts, 128, params, [7, 8, 9], trace=True)
     b = collect(RecomputeStepper(blt_c, cfg, em_c, dev), prompts, 128, params, [7, 8, 9], trace=True)
     for x, y in zip(a, b):
         assert x.bytes == y.bytes
         assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-3
+
+
+def test_compiled_step_has_no_graph_break_and_equals_eager(models):
+    """The one-byte decode step holds no host sync and no shape change: it traces whole under
+    ``torch.compile(fullgraph=True)`` (a graph break raises) and gives the eager step's bytes.
+    The cheap ``eager`` backend checks the capture; inductor would only add code generation."""
+    blt, em, th = models
+    cfg = _patcher("entropy", th)
+    prompts = [encode(p, eos=False) for p in ["Hi", "a ragged batch"]]
+    params = SamplingParams(temperature=1.0)
+    eager = collect(CachedStepper(blt, cfg, em, 40, CPU), prompts, 8, params, [1, 2], trace=True)
+    comp = collect(CachedStepper(blt, cfg, em, 40, CPU, compile="eager"), prompts, 8, params, [1, 2], trace=True)
+    for x, y in zip(eager, comp):
+        assert x.bytes == y.bytes and x.new_ids == 8
+        assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-5
+
+
+def test_generation_past_the_preallocated_cache_is_a_clear_error(models):
+    blt, em, th = models
+    st = CachedStepper(blt, _patcher("space", th), em, 6, CPU)
+    st.start([encode("abc", eos=False)])  # BOS + 3 = 4 bytes
+    st.step(torch.tensor([70]))
+    st.step(torch.tensor([70]))
+    with pytest.raises(ValueError, match="reach 7 bytes, past the 6 bytes"):
+        st.step(torch.tensor([70]))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_equal_eager(models):
+    """The static one-byte step, captured once as a CUDA graph and replayed, gives the eager
+    step's bytes: the BLT (with its entropy model) and the entropy model alone as a byte LM."""
+    blt, em, th = models
+    dev = torch.device("cuda")
+    blt_c, em_c = ByteLatentTransformer(blt.config).to(dev).eval(), EntropyModel(em.config).to(dev).eval()
+    blt_c.load_state_dict(blt.state_dict())
+    em_c.load_state_dict(em.state_dict())
+    prompts = [encode(p, eos=False) for p in ["Hi, 日本", "", "a longer prompt here"]]
+    params = SamplingParams(temperature=1.0)
+    for model, cfg, e in [(blt_c, _patcher("entropy", th), em_c), (em_c, None, None)]:
+        a = collect(CachedStepper(model, cfg, e, 200, dev), prompts, 96, params, [7, 8, 9], trace=True)
+        b = collect(CachedStepper(model, cfg, e, 200, dev, cuda_graph=True), prompts, 96, params, [7, 8, 9], trace=True)
+        for x, y in zip(a, b):
+            assert x.bytes == y.bytes and x.new_ids == y.new_ids
+            assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-4

@@ -53,12 +53,9 @@ class Scripted:
         self.t, self.n = 0, len(prompts)
         return self._logits(self.n)
 
-    def step(self, ids):
+    def step(self, ids, live):
         self.t += 1
         return self._logits(ids.shape[0])
-
-    def keep(self, idx):
-        self.n = idx.numel()
 
 
 def test_stream_never_splits_utf8_and_joins_to_text():

@@ -157,18 +157,25 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
 def greedy_uncached(model: nn.Module, entropy_model: nn.Module, prompt: torch.Tensor, new_bytes: int,
                     threshold: float, device: torch.device, amp: Optional[torch.dtype],
                     on_byte: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """(B, T) prompt -> (B, T + new_bytes), greedy, re-patching and re-running the full prefix.
-    SDPA throughout: the prefix grows a byte a step, and compiled FlexAttention (``dynamic=False``)
+    """(B, T) prompt -> (B, T + new_bytes), greedy, through bltkit's one uncached reference loop
+    (``bltkit.inference.recompute``: re-patch and re-run the full prefix every byte). SDPA
+    throughout: the prefix grows a byte a step, and compiled FlexAttention (``dynamic=False``)
     would recompile at every new length."""
-    patcher = entropy_patcher(entropy_model, threshold, _precision(amp))
+    from ..inference.recompute import RecomputeStepper
+    from ..patching.config import PatcherConfig
+
+    stepper = RecomputeStepper(model, PatcherConfig(scheme="entropy", threshold=threshold), entropy_model, device,
+                               amp=amp, attn_impl="sdpa")
     seq = prompt.to(device)
-    for i in range(new_bytes):
-        pl = patcher(seq, include_next_token=True).patch_lengths.to(device)  # (B, P), Σ = T + 1
-        with autocast(device, amp):
-            logits = model(seq, pl, validate=False, attn_impl="sdpa")[:, -1]  # (B, V)
-        seq = torch.cat([seq, logits.argmax(dim=-1, keepdim=True)], dim=1)
-        if on_byte is not None:
-            on_byte(i)
+    with torch.no_grad():
+        logits = stepper.start(seq.tolist())
+        for i in range(new_bytes):
+            nxt = logits.argmax(dim=-1)  # (B,)
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            if on_byte is not None:
+                on_byte(i)
+            if i + 1 < new_bytes:
+                logits = stepper.step(nxt)
     return seq
 
 

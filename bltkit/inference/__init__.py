@@ -1,6 +1,8 @@
 """Inference: the public API (``bltkit.load``), cached generation, sampling, scoring.
 
-``api.py`` the handle; ``generate.py`` the loop; ``stepper.py`` / ``blt_cached.py`` /
-``lm_cached.py`` / ``cache.py`` / ``boundaries.py`` the cached path; ``recompute.py`` the uncached
-reference path; ``sampling.py``; ``bench.py`` the generation benchmark hook.
+``api.py`` the handle; ``generate.py`` the loop; ``stepper.py`` the cached path's bookkeeping
+around the models' own cached forwards (``model(ids, cache=...)``; the caches live with the
+models, ``bltkit.nn.kv_cache`` and ``bltkit.model.cache``); ``boundaries.py`` patch boundaries
+byte by byte; ``recompute.py`` the uncached reference loop (tests and bench); ``sampling.py``;
+``bench.py`` the generation benchmark hook.
 """

@@ -40,7 +40,7 @@ from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
 from .sampling import SamplingParams
-from .stepper import BLTStepper, LMStepper
+from .stepper import CachedStepper
 
 DEFAULT_MAX_CONTEXT = 16384
 Prompt = Union[str, bytes, bytearray]
@@ -143,9 +143,8 @@ class Handle:
         max_bytes = max(len(p) for p in prompts) + max_new_bytes + 1
         if not use_cache:
             return RecomputeStepper(self.model, self.patcher if self.kind == "blt" else None, self.entropy_model, self.device)
-        if self.kind == "blt":
-            return BLTStepper(self.model, self.patcher, self.entropy_model, max_bytes, self.device)
-        return LMStepper(self.model, max_bytes, self.device)
+        patcher = self.patcher if self.kind == "blt" else None
+        return CachedStepper(self.model, patcher, self.entropy_model, max_bytes, self.device)
 
     def _prompts(self, prompts: list, max_new_bytes: int) -> list[list[int]]:
         if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or max_new_bytes < 1:

@@ -40,7 +40,9 @@ def _space_like(ids: torch.Tensor) -> torch.Tensor:
 
 
 class OnlineBoundaries:
-    """Per-row boundary state for a batch; ``decide`` is the byte-by-byte patcher."""
+    """Per-row boundary state for a batch; ``decide`` is the byte-by-byte patcher. No host sync."""
+
+    STATE = ("prev_h", "prev_space", "nat_start")
 
     def __init__(self, rule: PatcherConfig, batch: int, device: torch.device):
         rule.check_ready()
@@ -49,43 +51,55 @@ class OnlineBoundaries:
         self.prev_space = torch.zeros(batch, dtype=torch.bool, device=device)  # byte n-1 space-like
         self.nat_start = torch.zeros(batch, dtype=torch.int64, device=device)  # open patch's start before splits
 
-    def keep(self, idx: torch.Tensor) -> None:
-        self.prev_h, self.prev_space, self.nat_start = self.prev_h[idx], self.prev_space[idx], self.nat_start[idx]
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k).clone() for k in self.STATE}
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        for k in self.STATE:
+            getattr(self, k).copy_(snap[k])
 
     def decide(self, ids: torch.Tensor, pos: torch.Tensor, entropies: Optional[torch.Tensor] = None,
-               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Whether position ``pos + 1`` starts a patch, for bytes ``ids`` at positions ``pos``
-        (both (b, T), consecutive positions a row); ``entropies`` (b, T) are H at those positions."""
+        (both (B, T), consecutive positions a row); ``entropies`` (B, T) are H at those positions.
+        ``valid`` (B, T) marks real bytes, a prefix of each row; the state follows the last one."""
         r = self.rule
-        idx = rows if rows is not None else torch.arange(self.prev_h.shape[0], device=ids.device)
-        c = pos + 1  # candidate start (b, T)
+        valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+        n_valid = valid.sum(dim=1, keepdim=True)  # (B, 1)
+        last = (n_valid - 1).clamp(min=0)  # index of each row's last real byte
+        moved = n_valid[:, 0] > 0
+
+        def carry(state: torch.Tensor, x: torch.Tensor) -> None:
+            state.copy_(torch.where(moved, x.gather(1, last)[:, 0], state))
+
+        c = pos + 1  # candidate start (B, T)
         if r.scheme in ("entropy", "monotonic"):
             if entropies is None:
                 raise ValueError(f"{r.scheme} patching needs the entropy of every byte")
             h = entropies.float()
-            prev = torch.cat([self.prev_h[idx, None], h[:, :-1]], dim=1)  # H_{n-1}
+            prev = torch.cat([self.prev_h[:, None], h[:, :-1]], dim=1)  # H_{n-1}
             if r.scheme == "entropy" and r.threshold_add is None:
                 nat = h > r.threshold
             elif r.scheme == "monotonic":
                 nat = (h - prev > r.threshold) | (c == 2)
             else:  # global threshold and a monotonic rise (§3.2 "global + monotonicity")
                 nat = ((h - prev > r.threshold_add) & (h > r.threshold) & (c != 3)) | (c == 2)
-            self.prev_h[idx] = h[:, -1]
+            carry(self.prev_h, h)
         elif r.scheme == "space":
             sp = _space_like(ids)
-            prev = torch.cat([self.prev_space[idx, None], sp[:, :-1]], dim=1)
+            prev = torch.cat([self.prev_space[:, None], sp[:, :-1]], dim=1)
             nat = (sp & ~(prev & (pos > 0))) | (ids < OFFSET)  # first of a run; specials always
-            self.prev_space[idx] = sp[:, -1]
+            carry(self.prev_space, sp)
         elif r.scheme == "static":
             nat = (c - 1) % r.patch_size == 0
         else:
             nat = torch.ones_like(ids, dtype=torch.bool)
-        nat = nat | (c == 1)
+        nat = (nat | (c == 1)) & valid
         if r.max_patch_length is None:
             return nat
         # Natural start of the patch that holds each byte, then forced starts every m bytes from it.
         opened = torch.where(nat, c, -1)
         before = torch.cat([torch.full_like(opened[:, :1], -1), opened[:, :-1]], dim=1)
-        start = torch.maximum(self.nat_start[idx, None], torch.cummax(before, dim=1).values)  # (b, T)
-        self.nat_start[idx] = torch.maximum(self.nat_start[idx], opened.max(dim=1).values)
-        return nat | ((c - start) % r.max_patch_length == 0)
+        start = torch.maximum(self.nat_start[:, None], torch.cummax(before, dim=1).values)  # (B, T)
+        self.nat_start.copy_(torch.maximum(self.nat_start, opened.max(dim=1).values))
+        return (nat | ((c - start) % r.max_patch_length == 0)) & valid

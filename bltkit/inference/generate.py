@@ -1,14 +1,15 @@
 """The generation loop, shared by the cached and the recomputing paths.
 
 A *stepper* turns bytes into next-byte logits for a batch of rows: ``start(prompts)`` feeds the
-prompts (lists of ids, BOS first) and returns logits (B, V); ``step(ids)`` feeds one id a row
-and returns logits (b, V); ``keep(idx)`` drops rows. ``CachedStepper`` (``stepper.py``) keeps
-every part's KV cache; ``RecomputeStepper`` (``recompute.py``) reruns the patcher and the whole
-model on the full prefix for every byte, as the reference does (blt-reference §8).
+prompts (lists of ids, BOS first) and returns logits (B, V); ``step(ids, live)`` feeds one id a
+row and returns logits (B, V), rows whose ``live`` is False (finished) staying as they are, so
+shapes never change. ``CachedStepper`` (``stepper.py``) drives the models' cached forwards;
+``RecomputeStepper`` (``recompute.py``) reruns the patcher and the whole model on the full prefix
+for every byte, as the reference does.
 
 The loop samples (``sampling.py``), stops a row at EOS, at a stop string or after
-``max_new_bytes`` ids, and removes finished rows from the stepper so they stop costing. It yields
-events ``(row, id, finish)`` as it goes, so ``stream`` and ``generate`` are the same code.
+``max_new_bytes`` ids, and masks finished rows. It yields events ``(row, id, finish)`` as it
+goes, so ``stream`` and ``generate`` are the same code.
 
 Output bytes: the raw bytes of the generated ids; EOS ends the row and is not part of them;
 other special ids (BOE, BOS, 3) are fed back to the model but carry no byte. A stop string ends
@@ -28,8 +29,7 @@ from .sampling import SamplingParams, row_generators, sample
 
 class Stepper(Protocol):
     def start(self, prompts: list[list[int]]) -> torch.Tensor: ...
-    def step(self, ids: torch.Tensor) -> torch.Tensor: ...
-    def keep(self, idx: torch.Tensor) -> None: ...
+    def step(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -63,16 +63,17 @@ def decode_loop(stepper: Stepper, prompts: list[list[int]], max_new_bytes: int, 
     if rows_out is not None:
         rows_out.extend(rows)
     gens = row_generators(list(seeds)) if not params.greedy else None
-    active = list(range(n))  # original row of each stepper row
+    live = [True] * n
     logits = stepper.start(prompts)
-    while active:
-        ids = sample(logits, params, [gens[r] for r in active] if gens else None)  # (b,)
+    while True:
+        ids = sample(logits, params, gens)  # (B,); a finished row's draw is ignored
         ids_list = ids.tolist()
-        still = []
-        for j, r in enumerate(active):
-            row, tok = rows[r], ids_list[j]
+        for r in range(n):
+            row, tok = rows[r], ids_list[r]
+            if not live[r]:
+                continue
             if row.logits is not None:
-                row.logits.append(logits[j].detach().float().cpu())
+                row.logits.append(logits[r].detach().float().cpu())
             row.n_ids += 1
             if tok == EOS_ID:
                 row.finish = "eos"
@@ -86,16 +87,10 @@ def decode_loop(stepper: Stepper, prompts: list[list[int]], max_new_bytes: int, 
                 if row.finish is None and row.n_ids >= max_new_bytes:
                     row.finish = "length"
             yield r, tok, row.finish
-            if row.finish is None:
-                still.append(j)
-        if not still:
+            live[r] = row.finish is None
+        if not any(live):
             return
-        if len(still) != len(active):
-            keep = torch.tensor(still, dtype=torch.int64, device=ids.device)
-            stepper.keep(keep)
-            ids = ids[keep]
-            active = [active[j] for j in still]
-        logits = stepper.step(ids)
+        logits = stepper.step(ids, torch.tensor(live, device=ids.device))
 
 
 def _stop_hit(out: bytearray, stop: Sequence[bytes]) -> Optional[int]:

@@ -1,15 +1,21 @@
-"""Cached steppers: the objects the generation loop (``generate.py``) drives when caches are on.
+"""The cached stepper: the bookkeeping around the models' own cached forwards.
 
-``BLTStepper`` couples three incremental pieces for every row: the entropy model's KV cache
-(``lm_cached.LMCache``, only for entropy schemes), the byte-by-byte boundary rule
-(``boundaries.OnlineBoundaries``) and the BLT's caches (``blt_cached.BLTCache``). Per fed byte n:
-entropy H_n -> does n + 1 start a patch? -> BLT step (closing the patch when it does) -> logits.
+The models step themselves (``model(ids, cache=...)``: ``bltkit.model.blt``, ``ByteLM``,
+``EntropyModel``); this file only decides which rows and bytes are real, where patches close
+(``boundaries.OnlineBoundaries`` on the entropy model's output) and which logits come back.
 
-Prompts of equal length are fed together as one chunk (rows of different lengths in separate
-chunks, into the same batched caches), so a ragged batch costs one prompt pass per distinct
-length and then one batched step a byte; finished rows are dropped from every cache (``keep``).
+Per fed byte n of a BLT: entropy H_n (the entropy model's cached step, entropy schemes only) ->
+does n + 1 start a patch? -> the BLT's cached step (closing the patch when it does) -> logits.
 
-``LMStepper`` does the same for a plain byte LM (an entropy-model bundle, a ``ByteLM``).
+Shapes never change after ``start``: every cache is preallocated for ``max_bytes`` (BOS +
+prompt + new bytes), a ragged batch's prompts are fed as one right-padded chunk with a ``valid``
+mask, and a finished row stays in the batch, masked (``live``), so the one-byte ``step`` holds no
+host sync and compiles whole (``compile=True``: ``torch.compile(fullgraph=True)``) or is captured
+as a CUDA graph (``cuda_graph=True``). A step past ``max_bytes`` is an error naming both lengths:
+caches are sized once, from the request, and never grow.
+
+The eager step lets the host skip the global model when no patch closed (one read of a count);
+the compiled and graph steps run it on every byte with the closing mask instead (static shapes).
 """
 from __future__ import annotations
 
@@ -19,79 +25,126 @@ import torch
 from torch import nn
 
 from ..patching.config import PatcherConfig
-from .blt_cached import BLTCache
 from .boundaries import OnlineBoundaries
-from .lm_cached import LMCache, entropy_of
 
 
-def _groups(prompts: list[list[int]]) -> list[list[int]]:
-    by_len: dict[int, list[int]] = {}
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats, fp32, over the last axis (``entropy_model.entropies.entropy``)."""
+    from entropy_model.entropies import entropy
+
+    return entropy(logits)
+
+
+def pad_prompts(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T) and the mask of real ones."""
+    t = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), t, dtype=torch.int64)
+    valid = torch.zeros(len(prompts), t, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    return list(by_len.values())
+        ids[i, :len(p)] = torch.tensor(p, dtype=torch.int64)
+        valid[i, :len(p)] = True
+    return ids.to(device), valid.to(device)
 
 
-class BLTStepper:
-    def __init__(self, model: nn.Module, patcher: PatcherConfig, entropy_model: Optional[nn.Module],
-                 max_bytes: int, device: torch.device):
-        patcher.check_ready()
-        if patcher.needs_scores and entropy_model is None:
-            raise ValueError(f"patcher scheme {patcher.scheme!r} needs an entropy model, and none was loaded")
-        self.model, self.patcher, self.em = model, patcher, entropy_model if patcher.needs_scores else None
-        self.max_bytes, self.device = max_bytes, device
+class CachedStepper:
+    """``start(prompts)`` -> logits (B, V); ``step(ids (B,), live (B,))`` -> logits (B, V)."""
 
+    def __init__(self, model: nn.Module, patcher: Optional[PatcherConfig], entropy_model: Optional[nn.Module],
+                 max_bytes: int, device: torch.device, compile: bool | str = False, cuda_graph: bool = False):
+        """``compile``: True compiles the one-byte step with inductor, a string names another
+        ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``."""
+        self.is_blt = patcher is not None
+        if self.is_blt:
+            patcher.check_ready()
+            if patcher.needs_scores and entropy_model is None:
+                raise ValueError(f"patcher scheme {patcher.scheme!r} needs an entropy model, and none was loaded")
+        if cuda_graph and torch.device(device).type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
+        self.model, self.patcher = model, patcher
+        self.em = entropy_model if self.is_blt and patcher.needs_scores else None
+        self.max_bytes, self.device = max_bytes, torch.device(device)
+        self.static = compile or cuda_graph
+        self.cuda_graph = cuda_graph
+        backend = compile if isinstance(compile, str) else "inductor"
+        self._step_fn = torch.compile(self._step_eager, fullgraph=True, dynamic=False, backend=backend) \
+            if compile else self._step_eager
+        self._graph = None
+
+    # ---- the caches ------------------------------------------------------------------------------
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
-        b, dev = len(prompts), self.device
-        self.blt = BLTCache(self.model, b, self.max_bytes, dev)
-        self.bounds = OnlineBoundaries(self.patcher, b, dev)
-        self.ent = LMCache(self.em, b, self.max_bytes, dev) if self.em is not None else None
-        logits = None
-        for rows in _groups(prompts):
-            idx = torch.tensor(rows, dtype=torch.int64, device=dev)
-            ids = torch.tensor([prompts[r] for r in rows], dtype=torch.int64, device=dev)  # (g, T)
-            out = self._feed(ids, idx if len(rows) != b else None)  # (g, V)
-            if logits is None:
-                logits = out.new_zeros(b, out.shape[-1])
-            logits[idx] = out
-        return logits
+        b = len(prompts)
+        self.longest = max(len(p) for p in prompts)
+        self._check_room(self.longest)
+        self.cache = self.model.new_cache(b, self.max_bytes)
+        self.ecache = self.em.new_cache(b, self.max_bytes) if self.em is not None else None
+        self.bounds = OnlineBoundaries(self.patcher, b, self.device) if self.is_blt else None
+        self._graph = None
+        ids, valid = pad_prompts(prompts, self.device)
+        with torch.no_grad():
+            logits = self.feed(ids, valid)  # (B, T, V)
+        last = valid.sum(dim=1) - 1
+        return logits[torch.arange(b, device=self.device), last]
 
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._feed(ids[:, None].to(self.device), None)
+    def step(self, ids: torch.Tensor, live: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Feed one id a row (a finished row's ``live`` is False: its caches stay as they are)."""
+        self._check_room(self.longest + 1)
+        self.longest += 1
+        ids = ids.to(self.device)
+        live = torch.ones_like(ids, dtype=torch.bool) if live is None else live.to(self.device)
+        with torch.no_grad():
+            if self.cuda_graph:
+                return self._graph_step(ids, live)
+            return self._step_fn(ids, live)
 
-    def keep(self, idx: torch.Tensor) -> None:
-        idx = idx.to(self.device)
-        self.blt.keep(idx)
-        self.bounds.keep(idx)
-        if self.ent is not None:
-            self.ent.keep(idx)
+    def _check_room(self, n: int) -> None:
+        if n > self.max_bytes:
+            raise ValueError(f"a row would reach {n} bytes, past the {self.max_bytes} bytes this generation's "
+                             "caches were preallocated for (caches do not grow: size max_bytes for BOS + prompt + "
+                             "new bytes)")
 
-    def _feed(self, ids: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
-        row_idx = rows if rows is not None else torch.arange(self.blt.batch, device=self.device)
-        pos = self.blt.length[row_idx, None] + torch.arange(ids.shape[1], device=self.device)  # (b, T)
-        h = entropy_of(self.ent.advance(ids, rows, all_logits=True)) if self.ent is not None else None  # (b, T)
-        starts_next = self.bounds.decide(ids, pos, h, rows)  # (b, T)
-        return self.blt.advance(ids, starts_next, rows)
+    # ---- one chunk of bytes through every model --------------------------------------------------
+    def feed(self, ids: torch.Tensor, valid: torch.Tensor, global_width: Optional[int] = None) -> torch.Tensor:
+        """Feed ``ids`` (B, T) where ``valid``; logits (B, T, V) fp32."""
+        if not self.is_blt:
+            return self.model(ids, cache=self.cache, valid=valid)
+        pos = self.cache.length[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (B, T)
+        h = entropy_of(self.em(ids, cache=self.ecache, valid=valid)) if self.em is not None else None  # (B, T)
+        starts_next = self.bounds.decide(ids, pos, h, valid)  # (B, T)
+        return self.model(ids, cache=self.cache, starts_next=starts_next, valid=valid, global_width=global_width)
+
+    def _step_eager(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return self.feed(ids[:, None], live[:, None], 1 if self.static else None)[:, 0]  # (B, V)
+
+    def _graph_step(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Replay a CUDA graph of the static step, captured at the first step (after a warm-up
+        step on a side stream, which CUDA-graph capture needs; it also feeds the first byte)."""
+        if self._graph is None:
+            self._ids, self._live = ids.clone(), live.clone()
+            s = torch.cuda.Stream(self.device)
+            s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                out = self._step_eager(self._ids, self._live)  # the real first step
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):  # records the kernels, runs none of them
+                self._out = self._step_eager(self._ids, self._live)
+            return out
+        self._ids.copy_(ids)
+        self._live.copy_(live)
+        self._graph.replay()
+        return self._out.clone()
+
+    def snapshot(self) -> dict:
+        """The counters a step moves (every buffer is position-addressed and needs no undo)."""
+        return {"model": self.cache.snapshot(), "em": self.ecache.snapshot() if self.ecache is not None else None,
+                "bounds": self.bounds.snapshot() if self.bounds is not None else None}
+
+    def restore(self, snap: dict) -> None:
+        self.cache.restore(snap["model"])
+        if snap["em"] is not None:
+            self.ecache.restore(snap["em"])
+        if snap["bounds"] is not None:
+            self.bounds.restore(snap["bounds"])
 
 
-class LMStepper:
-    def __init__(self, model: nn.Module, max_bytes: int, device: torch.device):
-        self.model, self.max_bytes, self.device = model, max_bytes, device
-
-    def start(self, prompts: list[list[int]]) -> torch.Tensor:
-        b, dev = len(prompts), self.device
-        self.cache = LMCache(self.model, b, self.max_bytes, dev)
-        logits = None
-        for rows in _groups(prompts):
-            idx = torch.tensor(rows, dtype=torch.int64, device=dev)
-            ids = torch.tensor([prompts[r] for r in rows], dtype=torch.int64, device=dev)
-            out = self.cache.advance(ids, idx if len(rows) != b else None)
-            if logits is None:
-                logits = out.new_zeros(b, out.shape[-1])
-            logits[idx] = out
-        return logits
-
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.cache.advance(ids[:, None].to(self.device))
-
-    def keep(self, idx: torch.Tensor) -> None:
-        self.cache.keep(idx.to(self.device))
+__all__ = ["CachedStepper", "entropy_of", "pad_prompts"]

@@ -26,15 +26,16 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
-from ..data.vocab import check_ids
+from ..data.vocab import EOS_ID, check_ids
 from ..nn.rope import rope_angles
 from ..patching.lengths import validate_patch_lengths
+from .cache import BLTCache
 from .config import BLTConfig
 from .global_transformer import GlobalTransformer
 from .hash_embedding import HashNgramEmbedding
 from .local_decoder import LocalDecoder
 from .local_encoder import LocalEncoder
-from .masks import BLTMasks, build_masks
+from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -52,13 +53,22 @@ class ByteLatentTransformer(nn.Module):
             self.init_weights()
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, ids: torch.Tensor, patch_lengths: torch.Tensor, validate: bool = True,
-                attn_impl: Optional[str] = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, patch_lengths: Optional[torch.Tensor] = None, validate: bool = True,
+                attn_impl: Optional[str] = None, *, cache: Optional[BLTCache] = None,
+                starts_next: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None,
+                global_width: Optional[int] = None) -> torch.Tensor:
         """Next-byte logits (B, N, V) in fp32 for ``ids`` (B, N) split by ``patch_lengths`` (B, P).
 
         ``validate`` checks ids and patch lengths (it syncs with the host: training loops that
         built their batches with the packer may turn it off). ``attn_impl`` overrides the config.
+
+        With ``cache`` (``new_cache``) it is one incremental step instead (see ``step``): ``ids``
+        are the next bytes of each row and ``starts_next`` says where patches close.
         """
+        if cache is not None:
+            return self.step(ids, starts_next, cache, valid, global_width)
+        if patch_lengths is None:
+            raise ValueError("patch_lengths are needed (or a cache, for an incremental step)")
         if validate:
             self.check_inputs(ids, patch_lengths)
         cfg = self.config
@@ -86,6 +96,127 @@ class ByteLatentTransformer(nn.Module):
             else rope_angles(byte_pos, cfg.decoder.head_dim, cfg.decoder.rope_theta)
         dec_patches = self.local_decoder.project_patches(g)  # (B, P*k, Dd)
         return self.local_decoder(h, dec_patches, rope_dec, masks.dec_local, masks.dec_cross)  # (B, N, V)
+
+    # ---- incremental step: the same modules, their keys and states read from a cache ------------
+    def new_cache(self, batch: int, max_bytes: int) -> BLTCache:
+        """An empty ``BLTCache`` for ``batch`` rows of up to ``max_bytes`` bytes (preallocated)."""
+        return BLTCache(self, batch, max_bytes)
+
+    def step(self, ids: torch.Tensor, starts_next: torch.Tensor, cache: BLTCache,
+             valid: Optional[torch.Tensor] = None, global_width: Optional[int] = None) -> torch.Tensor:
+        """Feed the next bytes ``ids`` (B, T) of every row; logits (B, T, V) fp32, equal to the
+        full forward's at those positions over the whole prefix.
+
+        ``starts_next`` (B, T) bool: whether the position after each byte starts a patch (what
+        ``Patcher(prefix, include_next_token=True)`` decides for it; patching is causal,
+        docs/reference-semantics.md, "Entropy patching"). ``valid`` (B, T): the real bytes, a
+        prefix of each row (padding and finished rows leave the cache unchanged).
+
+        Why this is the full forward: the encoder is causal over bytes; a patch's vector reads
+        only its own bytes, so it is computed once, when it closes; the global model is causal
+        over patches, so a closed patch enters its cache once; byte i reads patch
+        ``dpid(i) = pid(i + 1) - 1``, closed by the time byte i is fed (docs/reference-semantics.md,
+        "Patch lengths and alignment").
+
+        ``global_width``: how many waiting patches a row the global model runs on this step.
+        None: as many as wait (the host reads the count; 0 skips the global model); an int gives
+        static shapes (1 for a one-byte decode step: at most one patch closes); 0 runs no global
+        step (a speculative draft: bytes then read the last patch the global model has seen).
+        """
+        if valid is None:
+            valid = torch.ones_like(ids, dtype=torch.bool)
+        h, pos, doc, closed_after = self._encode_step(ids, starts_next.to(torch.bool) & valid, valid, cache)
+        if global_width is None:
+            global_width = int((cache.n_closed - cache.n_global).max())
+        patches = self._global_step(cache, global_width)  # (B, W*k, Dd)
+        return self.decode_step(h, pos, doc, closed_after, cache, patches)
+
+    def _encode_step(self, ids, close, valid, cache: BLTCache):
+        """Embeddings and encoder for the new bytes; the vectors of the patches closing here are
+        stored for the global model. Returns byte states (B, T, De), positions, documents and the
+        patches closed after each byte (B, T)."""
+        cfg, c = self.config, self.config.cross_attn
+        b, t = ids.shape
+        dev, s = ids.device, cache.max_bytes
+        pos = torch.where(valid, cache.length[:, None] + torch.arange(t, device=dev), -1)  # (B, T); -1 padding
+        slot = torch.where(valid, pos, s)  # padding writes go to the sink slot s
+        cache._slot = slot
+        eos = ((ids == EOS_ID) & valid).to(torch.int64)
+        doc = cache.n_docs[:, None] + torch.cumsum(eos, dim=1) - eos  # (B, T) EOS ends its document
+        cache.ids.scatter_(1, slot, ids)
+
+        # 1. Byte + hash n-gram embeddings; the n-grams reach back into the cached bytes.
+        x = self.local_encoder.tok_embeddings(ids)  # (B, T, De)
+        n = max(cfg.hash.group_sizes) if cfg.hash.n_tables else 1
+        ctx_pos = cache.length[:, None] - (n - 1) + torch.arange(t + n - 1, device=dev)  # (B, T + n - 1)
+        ctx = torch.where(ctx_pos >= 0, cache.ids.gather(1, ctx_pos.clamp(0, s)), 0)  # left pad 0
+        x = x + self.encoder_hash_tok_embedding(ctx)[:, n - 1:]
+
+        # 2. The patches closing in this step, C a row: the patch holding each closing byte.
+        opened = torch.where(close, pos + 1, -1)  # (B, T) a patch opens after this byte
+        before = torch.cat([opened.new_full((b, 1), -1), opened[:, :-1]], dim=1)
+        start = torch.maximum(cache.patch_start[:, None], torch.cummax(before, dim=1).values)  # (B, T)
+        width = 1 if t == 1 else max(1, int(close.sum(dim=1).max()))  # a chunk (prompt) reads its count
+        ti, ok = _first_true(close, width)  # (B, C) byte index of each closing patch, real or padding
+        p_start, p_end = start.gather(1, ti), pos.gather(1, ti)
+        spos = torch.arange(s, device=dev)
+        inside = ok[..., None] & (spos >= p_start[..., None]) & (spos <= p_end[..., None])  # (B, C, S)
+        slot_pid = torch.where(inside.any(dim=1), inside.to(torch.int64).argmax(dim=1), width)  # (B, S); C = none
+
+        # 3. Local encoder over the new bytes; patch vectors pool over and attend to cached bytes.
+        rope_e = rope_angles(pos.clamp(min=0), cfg.encoder.head_dim, cfg.encoder.rope_theta)  # (B, T, hd/2)
+        mask = cache.enc.begin(pos, doc)  # (B, 1, T, S)
+        cache.enc_cross.write_at(slot)
+        cross = encoder_cross_mask(slot_pid, width, c.k)  # (B, 1, C*k, S)
+        h, patch = self.local_encoder(x, rope_e, mask, cross, slot_pid, width, cache)  # (B, T, De), (B, C*k, De)
+        cache.h.scatter_(1, slot[..., None].expand(-1, -1, h.shape[-1]), h.to(cache.h.dtype))
+
+        # 4. Closed patches wait in their slots for the global model, with their document.
+        q = cache.patch_slots
+        pslot = torch.where(ok, cache.n_closed[:, None] + torch.arange(width, device=dev), q)  # (B, C); q = sink
+        vec = patch.reshape(b, width, -1)  # (B, C, k*De)
+        cache.patches.scatter_(1, pslot[..., None].expand(-1, -1, vec.shape[-1]), vec.to(cache.patches.dtype))
+        has_eos = ((inside & (cache.ids[:, None, :s] == EOS_ID)).any(dim=-1) & ok).to(torch.int64)  # (B, C)
+        cache.patch_doc.scatter_(1, pslot, cache.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
+        closed_after = cache.n_closed[:, None] + torch.cumsum(close.to(torch.int64), dim=1)  # (B, T)
+        cache.n_closed += close.sum(dim=1)
+        cache.n_eos_patches += has_eos.sum(dim=1)
+        cache.patch_start.copy_(torch.maximum(cache.patch_start, opened.max(dim=1).values))
+        cache.length += valid.sum(dim=1)
+        cache.n_docs += eos.sum(dim=1)
+        return h, pos, doc, closed_after
+
+    def _global_step(self, cache: BLTCache, width: int) -> torch.Tensor:
+        """The global model on up to ``width`` waiting patches a row; their projections (B, W*k, Dd)
+        become the decoder's new cross keys."""
+        cfg, k = self.config, self.config.cross_attn.k
+        b, dev = cache.batch, cache.ids.device
+        if width == 0:  # nothing to run: no new cross keys for the decoder
+            cache.dec_cross.write_at(torch.zeros(b, 0, dtype=torch.int64, device=dev))
+            return cache.h.new_zeros(b, 0, cfg.decoder.dim)
+        p = cache.n_global[:, None] + torch.arange(width, device=dev)  # (B, W)
+        ok = p < cache.n_closed[:, None]
+        gslot = torch.where(ok, p, cache.patch_slots)
+        g_in = cache.patches.gather(1, gslot[..., None].expand(-1, -1, cache.patches.shape[-1]))  # (B, W, k*De)
+        gpos = torch.where(ok, p, -1)
+        mask = cache.glob.begin(gpos, cache.patch_doc.gather(1, gslot))  # (B, 1, W, Q)
+        rope_g = rope_angles(gpos.clamp(min=0), cfg.global_.head_dim, cfg.global_.rope_theta)
+        g = self.global_transformer(g_in, rope_g, mask, cache.glob)  # (B, W, G)
+        dslot = (gslot[..., None] * k + torch.arange(k, device=dev)).reshape(b, width * k)  # slot p*k + j
+        cache.dec_cross.write_at(dslot, ok.repeat_interleave(k, dim=1))
+        cache.n_global += ok.sum(dim=1)
+        return self.local_decoder.project_patches(g)  # (B, W*k, Dd)
+
+    def decode_step(self, h: torch.Tensor, pos: torch.Tensor, doc: torch.Tensor, closed_after: torch.Tensor,
+                    cache: BLTCache, patches: torch.Tensor) -> torch.Tensor:
+        """The local decoder on bytes at ``pos`` (B, T) with encoder states ``h``; byte i reads
+        patch ``closed_after(i) - 1``, or the newest one the global model has seen (a draft)."""
+        cfg = self.config
+        dpid = torch.minimum(closed_after, cache.n_global[:, None]) - 1  # (B, T)
+        rope_d = rope_angles(pos.clamp(min=0), cfg.decoder.head_dim, cfg.decoder.rope_theta)
+        mask = cache.dec.begin(pos, doc)  # (B, 1, T, S)
+        cross = decoder_cross_mask(dpid, cache.patch_slots, cfg.cross_attn.k)  # (B, 1, T, Q*k)
+        return self.local_decoder(h, patches, rope_d, mask, cross, cache)  # (B, T, V)
 
     def resolve_attn_impl(self, device: torch.device, override: Optional[str] = None) -> str:
         impl = override or self.config.attn_impl
@@ -145,6 +276,16 @@ class ByteLatentTransformer(nn.Module):
             model = cls(cfg)
         load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
         return model
+
+
+def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, width) of each row's first ``width`` True entries of ``mask`` (B, T), in order,
+    and which of them exist (the rest point at index 0)."""
+    t = mask.shape[1]
+    ar = torch.arange(t, device=mask.device)
+    order = torch.sort(torch.where(mask, ar, t + ar), dim=1).values[:, :width]  # True entries first
+    ok = order < t
+    return torch.where(ok, order, 0), ok
 
 
 # ---- config I/O: YAML writes ``global`` (``global_`` in Python, a keyword clash) ----------------

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..nn import TransformerBlock, trunc_normal_
+from ..nn.kv_cache import KVCache
 from .config import BLTConfig
 
 
@@ -28,10 +29,12 @@ class GlobalTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Any,
-                kv_caches: Optional[list] = None) -> torch.Tensor:
+                cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, P, k*De) patches -> (B, P, G). With ``cache`` (a ``StackCache`` over patch slots)
+        ``x`` holds only new patches and attention reads the cached ones too."""
         h = self.token_embedding_projection(x) if self.token_embedding_projection is not None else x  # (B, P, G)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, kv_caches[i] if kv_caches is not None else None)
+            h = layer(h, rope, mask, cache.layer(i) if cache is not None else None)
         return h
 
     def reset_parameters(self) -> None:

@@ -43,12 +43,16 @@ class LocalDecoder(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         local_mask: Any,
         cross_mask: Any,
-        kv_caches: Optional[list] = None,
+        cache: Any = None,  # a ``BLTCache`` (bltkit.model.cache) when stepping incrementally
     ) -> torch.Tensor:
+        """Logits (B, N, V) fp32. With ``cache``, ``h`` holds the step's bytes and ``patches``
+        only the patches new to the global model this step: their keys join the cached ones
+        (``cache.dec_cross``), which ``cross_mask`` indexes by patch slot."""
         for i, layer in enumerate(self.layers):
             if i == 0 or self.cfg.cross_attn.decoder_all_layers:
-                h = h + self.cross_attn_layers[i](h, patches, cross_mask)  # 2h + wo(attn): pitfall 4
-            h = layer(h, rope, local_mask, kv_caches[i] if kv_caches is not None else None)
+                kv_cache = cache.dec_cross.layer(i) if cache is not None else None
+                h = h + self.cross_attn_layers[i](h, patches, cross_mask, kv_cache)  # 2h + wo(attn)
+            h = layer(h, rope, local_mask, cache.dec.layer(i) if cache is not None else None)
         return self.output(self.norm(h)).float()  # (B, N, V) fp32 logits
 
     def reset_parameters(self) -> None:

@@ -17,12 +17,14 @@ def pool_patches(h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int, mode:
     """Reduce byte states into their patches. (B, N, D) -> (B, P, D); an empty patch gives 0.
 
     ``scatter_reduce`` onto zeros with ``include_self=False`` leaves untouched rows at 0, never
-    -inf (blt-reference §4.4, pitfall 9).
+    -inf (docs/reference-semantics.md, "Cross-attention and pooling"). A byte with id ``P`` (a
+    cached step's byte of no patch asked for) pools into an extra row that is dropped.
     """
     b, _, d = h.shape
     reduce = {"max": "amax", "min": "amin", "mean": "mean"}[mode]
-    out = h.new_zeros(b, n_patches, d)
-    return out.scatter_reduce(1, patch_ids[..., None].expand(-1, -1, d), h, reduce=reduce, include_self=False)
+    out = h.new_zeros(b, n_patches + 1, d)
+    out = out.scatter_reduce(1, patch_ids[..., None].expand(-1, -1, d), h, reduce=reduce, include_self=False)
+    return out[:, :n_patches]
 
 
 class LocalEncoder(nn.Module):
@@ -46,24 +48,35 @@ class LocalEncoder(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         local_mask: Any,
         cross_mask: Any,
-        patch_ids: torch.Tensor,  # (B, N)
+        patch_ids: torch.Tensor,  # (B, N): the patch of each byte (cached: of each byte slot, S)
         n_patches: int,
+        cache: Any = None,  # a ``BLTCache`` (bltkit.model.cache) when stepping incrementally
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Byte states (B, N, D) and patch vectors (B, P*k, D).
+
+        With ``cache``, ``x`` holds only the step's new bytes: self-attention reads the cached keys
+        (``cache.enc``), pooling reads every cached byte state (``cache.byte_states``) and the
+        cross step attends over the cached byte keys (``cache.enc_cross``); the patches asked for
+        are the step's closing ones, over the cache's byte slots.
+        """
         c = self.cfg.cross_attn
         b = x.shape[0]
         h, patch = x, None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, local_mask)  # (B, N, D)
+            h = layer(h, rope, local_mask, cache.enc.layer(i) if cache is not None else None)  # (B, N, D)
             if not (c.encoder_all_layers or i == last):
                 continue
-            # The cross step runs after its layer; queries are pooled once (reference) or at
-            # every step (HF, repool_each_layer), then accumulate (§4.4, pitfall 5).
-            if patch is None or c.repool_each_layer:
-                pooled = pool_patches(h, patch_ids, n_patches, c.pooling)  # (B, P, D)
-                patch = self.patch_embedding_projection(pooled).reshape(b, n_patches * c.k, -1)  # (B, P*k, D)
             j = i if c.encoder_all_layers else 0
-            patch = patch + self.cross_attn_layers[j](patch, h, cross_mask)  # 2*patch + wo(attn): pitfall 4
+            # The cross step runs after its layer; queries are pooled once (reference) or at
+            # every step (HF, repool_each_layer), then accumulate (docs/reference-semantics.md,
+            # "Cross-attention and pooling").
+            if patch is None or c.repool_each_layer:
+                states = h if cache is None else cache.byte_states(j, h)  # (B, N | S, D)
+                pooled = pool_patches(states, patch_ids, n_patches, c.pooling)  # (B, P, D)
+                patch = self.patch_embedding_projection(pooled).reshape(b, n_patches * c.k, -1)  # (B, P*k, D)
+            kv_cache = cache.enc_cross.layer(j) if cache is not None else None
+            patch = patch + self.cross_attn_layers[j](patch, h, cross_mask, kv_cache)  # 2*patch + wo(attn)
         return h, patch
 
     def reset_parameters(self) -> None:

@@ -46,6 +46,19 @@ def patch_document_ids(ids: torch.Tensor, patch_ids: torch.Tensor, n_patches: in
     return torch.cumsum(has_eos, dim=1) - has_eos
 
 
+def encoder_cross_mask(pid: torch.Tensor, n_patches: int, k: int) -> torch.Tensor:
+    """Dense (B, 1, P*k, N): patch vector q sees the bytes s with ``pid[s] == q // k``. A byte
+    whose ``pid`` is outside [0, P) (a cached step's bytes of no patch asked for) is seen by none."""
+    qpatch = torch.arange(n_patches * k, device=pid.device) // k  # (P*k,) patch of each query vector
+    return (pid[:, None, :] == qpatch[None, :, None])[:, None]
+
+
+def decoder_cross_mask(dpid: torch.Tensor, n_patches: int, k: int) -> torch.Tensor:
+    """Dense (B, 1, N, P*k): byte i sees the k vectors of patch ``dpid[i]``."""
+    qpatch = torch.arange(n_patches * k, device=dpid.device) // k
+    return (dpid[:, :, None] == qpatch[None, None, :])[:, None]
+
+
 def build_masks(ids: torch.Tensor, patch_lengths: torch.Tensor, cfg, form: str = "dense") -> BLTMasks:
     b, n = ids.shape
     p = patch_lengths.shape[1]
@@ -62,9 +75,8 @@ def build_masks(ids: torch.Tensor, patch_lengths: torch.Tensor, cfg, form: str =
             dec_local = enc_local
         else:
             dec_local = local_causal_mask(doc, doc, pos, pos, cfg.decoder.window, cfg.decoder.doc_reset)
-        qpatch = torch.arange(p * k, device=ids.device) // k  # (P*k,) patch of each query vector
-        enc_cross = (pid[:, None, :] == qpatch[None, :, None])[:, None]  # (B, 1, P*k, N)
-        dec_cross = (dpid[:, :, None] == qpatch[None, None, :])[:, None]  # (B, 1, N, P*k)
+        enc_cross = encoder_cross_mask(pid, p, k)  # (B, 1, P*k, N)
+        dec_cross = decoder_cross_mask(dpid, p, k)  # (B, 1, N, P*k)
         zdoc = pdoc if pdoc is not None else torch.zeros(b, p, dtype=torch.int32, device=ids.device)
         glob = local_causal_mask(zdoc, zdoc, ppos, ppos, None, pdoc is not None)  # (B, 1, P, P)
         return BLTMasks(enc_local, dec_local, enc_cross, glob, dec_cross, pid, dpid)

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
-from ..data.vocab import check_ids
+from ..data.vocab import EOS_ID, check_ids
 from ..model.blt import CONFIG_FILE, WEIGHTS_FILE, load_weights_into, save_config_and_weights
 from ..model.global_transformer import GlobalTransformer
 from ..model.masks import patch_document_ids
 from ..nn import RMSNorm, trunc_normal_
+from ..nn.kv_cache import StackCache
 from ..nn.masks import local_causal_mask
 from ..nn.rope import rope_angles
 from .config import ByteLMConfig, bytelm_config_from_dict
@@ -60,8 +61,22 @@ class ByteLM(nn.Module):
             self.init_weights()
 
     def forward(self, ids: torch.Tensor, patch_size: int = 1, validate: bool = True,
-                attn_impl: Optional[str] = None) -> torch.Tensor:
-        """Logits (B, N/K, V) fp32: position i predicts the next patch's bytes (K=1: the next byte)."""
+                attn_impl: Optional[str] = None, cache: Optional[StackCache] = None,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, N/K, V) fp32: position i predicts the next patch's bytes (K=1: the next byte).
+
+        With ``cache`` (``new_cache``; K = 1 only), ``ids`` are the next bytes of each row and
+        ``valid`` (B, T) marks the real ones, as in ``EntropyModel.forward``.
+        """
+        if cache is not None:
+            if patch_size != 1:
+                raise ValueError(f"a cached ByteLM step runs byte by byte (patch size 1), got K={patch_size}")
+            valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+            pos, mask = cache.advance(valid, ids == EOS_ID)  # (B, T), (B, 1, T, S)
+            rope = rope_angles(pos.clamp(min=0), self.config.head_dim, self.config.rope_theta)
+            g = self.global_transformer
+            h = g(self.tok_embeddings(ids), rope, mask, cache)
+            return self.output(self.norm(h)).float()  # (B, T, V)
         if validate:
             if ids.dim() != 2:
                 raise ValueError(f"ids must be (batch, bytes), got shape {tuple(ids.shape)}")
@@ -93,6 +108,11 @@ class ByteLM(nn.Module):
             raise ValueError(f"attn_impl must be 'sdpa', 'flex' or 'auto', got {impl!r}")
         pos = torch.arange(t, device=ids.device)
         return local_causal_mask(doc, doc, pos, pos, None, cfg.doc_reset)  # (B, 1, T, T)
+
+    def new_cache(self, batch: int, max_len: int) -> StackCache:
+        """An empty cache for ``batch`` rows of up to ``max_len`` bytes: no window (the global
+        backbone's attention), block-causal after EOS with ``doc_reset``."""
+        return StackCache(self.global_transformer.layers, batch, max_len, None, self.config.doc_reset)
 
     @torch.no_grad()
     def init_weights(self, seed: Optional[int] = None) -> None:

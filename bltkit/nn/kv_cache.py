@@ -1,0 +1,136 @@
+"""Preallocated key/value caches with static shapes, passed through a model's ``forward``.
+
+Axes: B rows, T new positions a row in one step, S slots (the capacity), H kv heads, hd head dim.
+
+Every buffer is allocated once, for the generation's maximum length, and a step never changes a
+shape: position (or patch) p lives in slot p, a write that must not land (padding, a finished
+row) goes to one extra *sink* slot that no query ever sees, and visibility is a mask built from
+per-slot metadata. So a decode step holds no host sync and can be compiled whole or captured as
+a CUDA graph. Rolling back (speculative decoding) is marking slots empty (``truncate``).
+
+The API is two classes and the ``update(k, v)`` protocol ``SelfAttention``/``CrossAttention``
+already call:
+
+- ``KVCache(n_layers, batch, slots, heads, head_dim, dtype, device)``: K/V buffers only. The
+  caller names the slots of the step's new entries with ``write_at(slot, valid)`` and passes
+  ``cache.layer(i)`` to layer i, which writes its new K/V there and attends over all S slots with
+  a mask the caller builds (cross-attention: patch vectors over byte slots, bytes over patches).
+- ``StackCache``: a ``KVCache`` for a self-attention stack that also records each slot's absolute
+  position and document and builds the local rule of ``bltkit.nn.masks.local_causal_mask`` from
+  them (causal, within ``window``, same document; docs/reference-semantics.md, "Masks").
+  ``begin(pos, doc)`` starts a step at explicit positions (-1 = padding); ``length``/``n_docs``
+  counters plus ``advance(valid, ends_doc)`` serve a plain LM whose rows grow one token at a time.
+
+A query at position -1 (padding) sees every slot, so its attention stays finite; its output is
+never read. A position at or beyond ``slots`` is the caller's error (checked on the host, where
+lengths are known, so the step itself stays sync-free).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .masks import local_causal_mask
+
+
+class KVCache:
+    def __init__(self, n_layers: int, batch: int, slots: int, heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        if slots < 1:
+            raise ValueError(f"cache slots must be >= 1, got {slots}")
+        self.slots = slots
+        shape = (n_layers, batch, heads, slots + 1, head_dim)  # slot ``slots`` is the sink
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._slot: Optional[torch.Tensor] = None  # (B, T) where this step's entries go
+
+    @classmethod
+    def for_layers(cls, attns: Sequence[nn.Module], batch: int, slots: int) -> "KVCache":
+        """A cache sized for attention modules that all have the shape of ``attns[0]``."""
+        a = attns[0]
+        w = a.wk.weight
+        heads = getattr(a, "n_kv_heads", a.n_heads)
+        return cls(len(attns), batch, slots, heads, a.head_dim, w.dtype, w.device)
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def write_at(self, slot: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
+        """The slots (B, T) of the next step's new entries; invalid ones go to the sink."""
+        self._slot = slot if valid is None else torch.where(valid, slot, self.slots)
+
+    def layer(self, i: int) -> "_LayerView":
+        return _LayerView(self, i)
+
+
+class _LayerView:
+    def __init__(self, cache: KVCache, i: int):
+        self.cache, self.i = cache, i
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's K/V (B, H, T, hd) into their slots; return all S slots (B, H, S, hd)."""
+        c = self.cache
+        kb, vb = c.k[self.i], c.v[self.i]
+        idx = c._slot[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        kb.scatter_(2, idx, k.to(kb.dtype))
+        vb.scatter_(2, idx, v.to(vb.dtype))
+        return kb[:, :, :c.slots], vb[:, :, :c.slots]
+
+
+class StackCache(KVCache):
+    """K/V of a self-attention stack with each slot's position (-1 = empty) and document."""
+
+    def __init__(self, blocks: Sequence[nn.Module], batch: int, slots: int, window: Optional[int], doc_reset: bool):
+        a = blocks[0].attention
+        w = a.wk.weight
+        super().__init__(len(blocks), batch, slots, a.n_kv_heads, a.head_dim, w.dtype, w.device)
+        self.window, self.doc_reset = window, doc_reset
+        dev = w.device
+        self.pos = torch.full((batch, slots + 1), -1, dtype=torch.int64, device=dev)  # (B, S + 1)
+        self.doc = torch.zeros(batch, slots + 1, dtype=torch.int64, device=dev)
+        self.length = torch.zeros(batch, dtype=torch.int64, device=dev)  # for ``advance``
+        self.n_docs = torch.zeros(batch, dtype=torch.int64, device=dev)
+
+    def begin(self, pos: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+        """Start a step whose new entries sit at positions ``pos`` (B, T), -1 for padding, in
+        documents ``doc``; returns the attention mask (B, 1, T, S), True = may attend."""
+        valid = pos >= 0
+        self.write_at(pos, valid)
+        self.pos.scatter_(1, self._slot, torch.where(valid, pos, -1))
+        self.doc.scatter_(1, self._slot, doc)
+        kpos, kdoc = self.pos[:, :self.slots], self.doc[:, :self.slots]
+        m = local_causal_mask(doc, kdoc, pos, kpos, self.window, self.doc_reset)  # (B, 1, T, S)
+        return (m & (kpos >= 0)[:, None, None, :]) | (~valid)[:, None, :, None]
+
+    def advance(self, valid: torch.Tensor, ends_doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions and mask of T new entries a row (``valid`` (B, T) a prefix of each row;
+        ``ends_doc`` marks an entry that closes its document, an EOS): ``(pos, mask)``."""
+        t = valid.shape[1]
+        pos = torch.where(valid, self.length[:, None] + torch.arange(t, device=valid.device), -1)
+        ends = (ends_doc & valid).to(torch.int64)
+        doc = self.n_docs[:, None] + torch.cumsum(ends, dim=1) - ends
+        mask = self.begin(pos, doc)
+        self.length += valid.sum(dim=1)
+        self.n_docs += ends.sum(dim=1)
+        return pos, mask
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {"length": self.length.clone(), "n_docs": self.n_docs.clone()}
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        """Counters from ``snap``; every entry at or past its length is forgotten."""
+        self.truncate(snap["length"], snap["n_docs"])
+
+    def truncate(self, length: torch.Tensor, n_docs: Optional[torch.Tensor] = None) -> None:
+        """Forget every entry at position >= ``length`` (B,) (a rejected speculative draft); the
+        ``advance`` counters become ``length`` and ``n_docs`` (documents closed before it)."""
+        self.pos.masked_fill_(self.pos >= length[:, None], -1)
+        self.length.copy_(length)
+        if n_docs is not None:
+            self.n_docs.copy_(n_docs)
+
+
+__all__ = ["KVCache", "StackCache"]
