@@ -40,6 +40,7 @@ from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
 from .sampling import SamplingParams
+from .speculative import SpeculativeStepper, check_draft_length
 from .stepper import CachedStepper
 
 DEFAULT_MAX_CONTEXT = 16384
@@ -110,7 +111,8 @@ class Handle:
     def generate(self, prompt: Union[Prompt, Sequence[Prompt]], max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: Union[int, Sequence[int]] = 0,
-                 return_bytes: bool = False, details: bool = False, use_cache: bool = True):
+                 return_bytes: bool = False, details: bool = False, use_cache: bool = True,
+                 speculative: Union[bool, int] = False, compile: bool = False):
         """Continue ``prompt`` (one, or a list: a batch of any lengths).
 
         Returns the new text (``str``), or ``bytes`` with ``return_bytes``, or a ``Generation``
@@ -118,18 +120,23 @@ class Handle:
         EOS, at any ``stop`` string (cut from the output) or after ``max_new_bytes``.
         ``temperature`` 0 is greedy; ``seed`` (one, or one a prompt) drives sampling; a prompt's
         result does not depend on the batch it is in.
+
+        ``speculative`` (True, or a draft length in bytes): self-speculative decoding (BLT-S,
+        ``speculative.py``), greedy BLT only, the same bytes as without it. ``compile``: the
+        one-byte step compiled whole with ``torch.compile`` (the first call pays the compilation).
         """
         single = not isinstance(prompt, (list, tuple))
         prompts = self._prompts([prompt] if single else list(prompt), max_new_bytes)
         params = self._params(temperature, top_k, top_p)
         seeds = self._seeds(seed, len(prompts))
-        gens = collect(self._stepper(use_cache, prompts, max_new_bytes), prompts, max_new_bytes, params, seeds, _stops(stop))
+        stepper = self._stepper(use_cache, prompts, max_new_bytes, params, speculative, compile)
+        gens = collect(stepper, prompts, max_new_bytes, params, seeds, _stops(stop))
         out = [g if details else (g.bytes if return_bytes else g.text) for g in gens]
         return out[0] if single else out
 
     def stream(self, prompt: Prompt, max_new_bytes: int = 256, temperature: float = 0.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: int = 0,
-               use_cache: bool = True) -> Iterator[str]:
+               use_cache: bool = True, speculative: Union[bool, int] = False, compile: bool = False) -> Iterator[str]:
         """Text pieces as bytes are generated; no piece splits a UTF-8 character, and the pieces
         joined equal ``generate``'s text for the same arguments."""
         if isinstance(prompt, (list, tuple)):
@@ -137,14 +144,27 @@ class Handle:
         prompts = self._prompts([prompt], max_new_bytes)
         params = self._params(temperature, top_k, top_p)
         (s,) = self._seeds(seed, 1)
-        return stream_text(self._stepper(use_cache, prompts, max_new_bytes), prompts[0], max_new_bytes, params, s, _stops(stop))
+        stepper = self._stepper(use_cache, prompts, max_new_bytes, params, speculative, compile)
+        return stream_text(stepper, prompts[0], max_new_bytes, params, s, _stops(stop))
 
-    def _stepper(self, use_cache: bool, prompts: list[list[int]], max_new_bytes: int):
+    def _stepper(self, use_cache: bool, prompts: list[list[int]], max_new_bytes: int,
+                 params: Optional[SamplingParams] = None, speculative: Union[bool, int] = False, compile: bool = False):
         max_bytes = max(len(p) for p in prompts) + max_new_bytes + 1
-        if not use_cache:
-            return RecomputeStepper(self.model, self.patcher if self.kind == "blt" else None, self.entropy_model, self.device)
         patcher = self.patcher if self.kind == "blt" else None
-        return CachedStepper(self.model, patcher, self.entropy_model, max_bytes, self.device)
+        if speculative is not False:
+            draft = check_draft_length(speculative)
+            unsupported = [name for name, on in (("use_cache=False", not use_cache), ("compile=True", compile),
+                                                 (f"a {self.kind!r} model (BLT only)", patcher is None)) if on]
+            if params is not None and not params.greedy:
+                unsupported.append(f"temperature={params.temperature} (speculative decoding is greedy only)")
+            if unsupported:
+                raise ValueError(f"speculative={speculative!r} does not combine with {', '.join(unsupported)}")
+            return SpeculativeStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, draft)
+        if not use_cache:
+            if compile:
+                raise ValueError("compile=True needs the cache (use_cache=True): the uncached loop changes shape every byte")
+            return RecomputeStepper(self.model, patcher, self.entropy_model, self.device)
+        return CachedStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, compile=compile)
 
     def _prompts(self, prompts: list, max_new_bytes: int) -> list[list[int]]:
         if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or max_new_bytes < 1:
