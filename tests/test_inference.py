@@ -244,6 +244,14 @@ def test_cli_generate_json_and_score(bundle, capsys):
 def test_generation_benchmark(lm):
     from bltkit.inference.bench import generation_benchmark
 
-    rec = generation_benchmark(lm, batch=2, prompt_len=16, new_bytes=6, uncached_new_bytes=3)
+    rec = generation_benchmark(lm, batch=2, prompt_len=16, new_bytes=6, uncached_new_bytes=3,
+                               paths=("eager", "compiled", "speculative"), draft=3, compile_backend="eager")
     assert rec["new_bytes"] > 0 and rec["bytes_per_s"] > 0 and rec["ttfb_s"] <= rec["seconds"]
     assert rec["uncached_bytes_per_s"] > 0 and rec["speedup"] == pytest.approx(rec["bytes_per_s"] / rec["uncached_bytes_per_s"])
+    paths = rec["paths"]
+    assert paths["eager"]["dispatches_per_byte"] > 100  # a real profile: hundreds of ATen calls a byte
+    for name in ("compiled", "speculative"):
+        assert paths[name]["new_bytes"] == rec["new_bytes"]
+        assert paths[name]["over_eager"] == pytest.approx(paths[name]["bytes_per_s"] / rec["bytes_per_s"])
+    spec = paths["speculative"]
+    assert spec["bytes_per_global_call"] >= 1 and (spec["acceptance_rate"] is None or 0 <= spec["acceptance_rate"] <= 1)
