@@ -99,9 +99,13 @@ def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = getattr(cls, "RENAMED", {})  # a class's old key -> what replaced it
     for key in data:
         if key not in fields:
             path = f"{prefix}.{key}" if prefix else key
+            if key in renamed:
+                raise ConfigError(f"key {_where(path, source)} is no longer read: it is now {renamed[key]}; "
+                                  f"rename it in the file")
             raise ConfigError(
                 f"unknown key {_where(path, source)}; {cls.__name__} accepts: {', '.join(sorted(fields))}"
             )

@@ -32,7 +32,7 @@ from torch import nn
 
 from bltkit import config as cfgio
 from bltkit.data.vocab import EOS_ID, VOCAB_SIZE, check_ids
-from bltkit.nn import RMSNorm, TransformerBlock, ffn_hidden_dim, rope_angles, trunc_normal_
+from bltkit.nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
 from bltkit.nn.kv_cache import StackCache
 from bltkit.nn.masks import document_ids, local_causal_block_mask, local_causal_mask
 
@@ -42,50 +42,28 @@ PATCHER_FILE = "patcher.yaml"  # written by ``bltkit calibrate`` beside the weig
 
 
 @dataclass
-class EntropyModelConfig:
-    """Sizes of the entropy model. The reference "transformer_100m" is dim 768, 14 layers, 12 heads,
+class EntropyModelConfig(StackConfig):
+    """Sizes of the entropy model: a ``bltkit.nn.StackConfig`` (the config of every bltkit stack)
+    with the LM's own fields. The reference "transformer_100m" is dim 768, 14 layers, 12 heads,
     window 512, rope_theta 10000 (its loader hard-codes the last two; §2)."""
 
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    n_kv_heads: Optional[int] = None
-    ffn_dim_multiplier: float = 1.0
-    norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     window: Optional[int] = 512  # None: full causal attention (HF BltPatcher behaviour, §2)
-    doc_reset: bool = True  # attention resets after EOS, as in the reference
     vocab_size: int = VOCAB_SIZE
     max_seqlen: int = 8192  # the reference's training row length; entropies.py chunks rows near it
     attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
 
     def validate(self) -> None:
-        if self.dim < 1 or self.n_layers < 1 or self.n_heads < 1:
-            raise ValueError(f"dim {self.dim}, n_layers {self.n_layers}, n_heads {self.n_heads} must be >= 1")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for RoPE")
-        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
-            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window must be >= 1 or null, got {self.window}")
+        super().validate()
+        if self.n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
         if self.vocab_size != VOCAB_SIZE:
             raise ValueError(f"vocab_size must be {VOCAB_SIZE} (256 bytes + 4 specials), got {self.vocab_size}")
         if self.max_seqlen < 1:
             raise ValueError(f"max_seqlen must be >= 1, got {self.max_seqlen}")
-        if not self.ffn_dim_multiplier > 0 or not self.norm_eps > 0 or not self.rope_theta > 0:
-            raise ValueError(f"ffn_dim_multiplier {self.ffn_dim_multiplier}, norm_eps {self.norm_eps} and "
-                             f"rope_theta {self.rope_theta} must be positive")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden(self) -> int:
-        """SwiGLU width with the reference's rounding: 512 -> 1536, 768 -> 2048 (§4.2)."""
-        return ffn_hidden_dim(self.dim, self.ffn_dim_multiplier)
 
 
 def load_entropy_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> EntropyModelConfig:
@@ -100,10 +78,7 @@ class EntropyModel(nn.Module):
         config.validate()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(
-            TransformerBlock(config.dim, config.n_heads, config.hidden, config.n_kv_heads, None, config.norm_eps)
-            for _ in range(config.n_layers)
-        )
+        self.layers = transformer_blocks(config)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if not any(p.is_meta for p in self.parameters()):

@@ -217,7 +217,7 @@ def test_compile_blocks_compiles_every_block_and_keeps_logits():
     n = compile_blocks(model, backend="eager")
     blocks = sum(isinstance(m, (TransformerBlock, CrossAttention)) for m in model.modules())
     cfg = model.config
-    assert n == blocks == (cfg.encoder.n_layers + cfg.global_.n_layers + cfg.decoder.n_layers
+    assert n == blocks == (cfg.encoder.n_layers + cfg.global_model.n_layers + cfg.decoder.n_layers
                            + cfg.n_encoder_cross + cfg.n_decoder_cross)
     with torch.no_grad():
         out = model(ids, pl, attn_impl="flex")

@@ -66,7 +66,7 @@ def test_blt_init_from_bytelm_and_unknown_key(tmp_path):
     from bltkit.model.blt import ByteLatentTransformer, load_blt_config
 
     cfg = load_blt_config("tiny")
-    g = cfg.global_
+    g = cfg.global_model
     lm = ByteLM(ByteLMConfig(dim=g.dim, n_layers=g.n_layers, n_heads=g.n_heads, init_seed=11))
     save_bundle(tmp_path / "lm", lm, "bytelm")
     blt = ByteLatentTransformer(cfg)

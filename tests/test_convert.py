@@ -19,9 +19,9 @@ warnings.filterwarnings("ignore", message=".*flex_attention.*")
 VARIANTS = {
     "tiny": [],
     "deep-encoder": ["encoder.n_layers=2", "cross_attn.encoder_all_layers=true", "cross_attn.pooling=mean",
-                     "global.n_kv_heads=2", "encoder.ffn_dim_multiplier=2.0", "decoder.ffn_dim_multiplier=2.0",
-                     "global.ffn_dim_multiplier=2.0", "hash.n_functions=2", "hash.group_sizes=[3,5]",
-                     "global.attention=causal"],
+                     "global_model.n_kv_heads=2", "encoder.ffn_dim_multiplier=2.0", "decoder.ffn_dim_multiplier=2.0",
+                     "global_model.ffn_dim_multiplier=2.0", "hash.n_functions=2", "hash.group_sizes=[3,5]",
+                     "global_model.doc_reset=false"],
 }
 
 
@@ -29,13 +29,14 @@ def normalized(cfg):
     """``cfg`` with FFN widths spelled out (a multiplier and an explicit width are the same model)."""
     def ffn(stack):
         return replace(stack, ffn_hidden=stack.hidden, ffn_dim_multiplier=1.0)
-    return replace(cfg, encoder=ffn(cfg.encoder), global_=ffn(cfg.global_), decoder=ffn(cfg.decoder))
+    return replace(cfg, encoder=ffn(cfg.encoder), global_model=ffn(cfg.global_model), decoder=ffn(cfg.decoder))
 
 
 def reference_params(cfg) -> dict:
     """The reference's ByteLatentTransformerArgs fields (blt-reference §9, §11.2) for ``cfg``."""
-    e, g, d, c = cfg.encoder, cfg.global_, cfg.decoder, cfg.cross_attn
+    e, g, d, c = cfg.encoder, cfg.global_model, cfg.decoder, cfg.cross_attn
     assert e.ffn_dim_multiplier == g.ffn_dim_multiplier == d.ffn_dim_multiplier
+    assert e.norm_eps == g.norm_eps == d.norm_eps  # the reference has one norm_eps
     return {
         "vocab_size": 260, "dim_local_encoder": e.dim, "n_layers_local_encoder": e.n_layers,
         "n_heads_local_encoder": e.n_heads, "dim_global": g.dim, "n_layers_global": g.n_layers,
@@ -49,8 +50,8 @@ def reference_params(cfg) -> dict:
         "encoder_hash_byte_group_size": ",".join(str(n) for n in cfg.hash.group_sizes),  # the string form
         "encoder_hash_byte_group_nb_functions": cfg.hash.n_functions,
         "encoder_hash_byte_group_vocab": cfg.hash.vocab,
-        "rope_theta": e.rope_theta, "norm_eps": cfg.norm_eps, "local_attention_window_len": e.window,
-        "attn_impl": "xformers", "attn_bias_type": g.attention,
+        "rope_theta": e.rope_theta, "norm_eps": e.norm_eps, "local_attention_window_len": e.window,
+        "attn_impl": "xformers", "attn_bias_type": "block_causal" if g.doc_reset else "causal",
         "downsampling_by_pooling": {"mean": "avg"}.get(c.pooling, c.pooling),
         "patching_mode": "entropy", "patching_threshold": 3.1439,
     }
@@ -126,7 +127,7 @@ def test_from_reference_sdpa_means_plain_causal(tmp_path, ref_model, capsys):
     assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 0
     assert "attn_impl 'sdpa'" in capsys.readouterr().out
     cfg = ByteLatentTransformer.from_pretrained(tmp_path / "b" / "model").config
-    assert (cfg.encoder.window, cfg.encoder.doc_reset, cfg.global_.attention) == (None, False, "causal")
+    assert (cfg.encoder.window, cfg.encoder.doc_reset, cfg.global_model.doc_reset) == (None, False, False)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -215,7 +216,7 @@ def test_to_hf_refuses_reference_semantics_and_lists_each_difference(tmp_path, r
     ref_model.save_pretrained(tmp_path / "blt")
     assert main(["convert", "--to", "hf", str(tmp_path / "blt"), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    for item in ("encoder.window 512", "decoder.doc_reset true", "global.attention block_causal",
+    for item in ("encoder.window 512", "decoder.doc_reset true", "global_model.doc_reset true",
                  "cross_attn.empty_rows zero", "--allow-semantic-change"):
         assert item in err, item
     assert not (tmp_path / "hf").exists()
@@ -230,12 +231,12 @@ def test_to_hf_with_allowed_changes_computes_exactly_the_listed_semantics(tmp_pa
     assert len(changes) == 6, changes  # encoder/decoder window and doc_reset, global, empty rows
     assert sum(key in line for line in changes for key in
                ("encoder.window", "encoder.doc_reset", "decoder.window", "decoder.doc_reset",
-                "global.attention", "cross_attn.empty_rows")) == 6
+                "global_model.doc_reset", "cross_attn.empty_rows")) == 6
     hf = BltForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     cfg = ref_model.config
     hf_semantics = replace(cfg, encoder=replace(cfg.encoder, window=None, doc_reset=False),
                            decoder=replace(cfg.decoder, window=None, doc_reset=False),
-                           global_=replace(cfg.global_, attention="causal"),
+                           global_model=replace(cfg.global_model, doc_reset=False),
                            cross_attn=replace(cfg.cross_attn, empty_rows="uniform"))
     twin = ByteLatentTransformer(hf_semantics).eval()
     twin.load_state_dict(ref_model.state_dict())

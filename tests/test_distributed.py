@@ -29,7 +29,7 @@ def _cfg(tmp: Path, parallel: str) -> dict:
     (tmp / "train.txt").write_text(TEXT)
     (tmp / "eval.txt").write_text(TEXT[:400])
     return {
-        "kind": "blt", "model": "tiny", "model_overrides": ["hash.vocab=257", "global.n_layers=1", "decoder.n_layers=1"],
+        "kind": "blt", "model": "tiny", "model_overrides": ["hash.vocab=257", "global_model.n_layers=1", "decoder.n_layers=1"],
         "patcher": {"scheme": "static", "patch_size": 3},
         "data": {"train": [str(tmp / "train.txt")], "eval": [str(tmp / "eval.txt")], "seq_len": 32,
                  "batch_size": 4, "eval_rows": 2},

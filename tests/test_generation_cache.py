@@ -110,7 +110,7 @@ def test_finished_rows_are_masked_and_the_others_stay_exact(models):
     [],
     ["cross_attn.encoder_all_layers=true", "encoder.n_layers=2"],
     ["cross_attn.repool_each_layer=true", "cross_attn.encoder_all_layers=true", "encoder.n_layers=2", "cross_attn.pooling=mean"],
-    ["global.attention=causal", "cross_attn.decoder_all_layers=false", "encoder.window=null", "decoder.doc_reset=false"],
+    ["global_model.doc_reset=false", "cross_attn.decoder_all_layers=false", "encoder.window=null", "decoder.doc_reset=false"],
 ])
 def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
     """Direct check of the BLT caches against the forward on every prefix: EOS inside the rows

@@ -137,7 +137,7 @@ def test_from_hf_matches_logits(converted):
     assert meta.kind == "blt" and meta.patcher == {"scheme": "static", "patch_size": 1}  # HF: 1-byte patches
     model = ByteLatentTransformer.from_pretrained(root / "bundle" / "model").eval()
     cfg = model.config
-    assert (cfg.encoder.window, cfg.encoder.doc_reset, cfg.global_.attention) == (None, False, "causal")
+    assert (cfg.encoder.window, cfg.encoder.doc_reset, cfg.global_model.doc_reset) == (None, False, False)
     assert (cfg.cross_attn.empty_rows, cfg.cross_attn.repool_each_layer) == ("uniform", True)
     for ids, pl in parity_batches():
         with torch.no_grad():
@@ -171,7 +171,7 @@ def test_bltkit_native_model_to_hf(tmp_path):
 
     cfg = load_blt_config("tiny", overrides=[
         "encoder.window=null", "encoder.doc_reset=false", "decoder.window=null", "decoder.doc_reset=false",
-        "global.attention=causal", "cross_attn.empty_rows=uniform", "cross_attn.repool_each_layer=true",
+        "global_model.doc_reset=false", "cross_attn.empty_rows=uniform", "cross_attn.repool_each_layer=true",
         "hash.vocab=211"])
     model = ByteLatentTransformer(cfg).eval()
     model.save_pretrained(tmp_path / "blt")
@@ -271,7 +271,7 @@ def reference_semantics(cfg, window):
 
     return replace(cfg, encoder=replace(cfg.encoder, window=window, doc_reset=True),
                    decoder=replace(cfg.decoder, window=window, doc_reset=True),
-                   global_=replace(cfg.global_, attention="block_causal"),
+                   global_model=replace(cfg.global_model, doc_reset=True),
                    cross_attn=replace(cfg.cross_attn, empty_rows="zero"))
 
 

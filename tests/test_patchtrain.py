@@ -110,7 +110,7 @@ def test_init_blt_global_from_bytelm():
     from bltkit.model.blt import ByteLatentTransformer, load_blt_config
 
     blt = ByteLatentTransformer(load_blt_config("tiny"))
-    g = blt.config.global_
+    g = blt.config.global_model
     lm = ByteLM(ByteLMConfig(dim=g.dim, n_layers=g.n_layers, n_heads=g.n_heads, init_seed=5))
     init_blt_global_from(blt, lm)
     for k, v in lm.global_transformer.layers.state_dict().items():

@@ -50,7 +50,7 @@ def _cfg(em, precomputed=None, **kw):
     if precomputed is not None:
         patcher["precomputed"] = str(precomputed)
     base = {"kind": "blt", "model": "tiny",
-            "model_overrides": ["hash.vocab=257", "global.n_layers=1", "decoder.n_layers=1"],
+            "model_overrides": ["hash.vocab=257", "global_model.n_layers=1", "decoder.n_layers=1"],
             "patcher": patcher,
             "data": {"train": ["builtin/devil"], "limit_bytes": 4000, "seq_len": 64, "batch_size": 4, "eval_rows": 8},
             "steps": 1, "eval_every": 0, "checkpoint_every": 0, "progress": False}

@@ -48,7 +48,7 @@ def _cfg(tmp: Path, **kw):
     corpus = _write_corpus(tmp / "corpus")
     base = {
         "kind": "blt", "model": "tiny",
-        "model_overrides": ["hash.vocab=257", "global.n_layers=1", "decoder.n_layers=1"],
+        "model_overrides": ["hash.vocab=257", "global_model.n_layers=1", "decoder.n_layers=1"],
         "patcher": {"scheme": "space"},
         "data": {"train": [str(corpus / "train.jsonl")], "eval": [str(corpus / "eval.jsonl")],
                  "seq_len": 48, "batch_size": 4, "eval_rows": 4},
@@ -113,7 +113,7 @@ def test_blt_flops_match_counted_matmuls():
     """Our linear-layer FLOPs equal what torch's FLOP counter sees for the matrix multiplies."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = load_blt_config("tiny", ["hash.vocab=31", "global.n_kv_heads=2"])
+    cfg = load_blt_config("tiny", ["hash.vocab=31", "global_model.n_kv_heads=2"])
     model = ByteLatentTransformer(cfg).eval()
     ids = torch.randint(4, 260, (2, 24))
     pl = torch.tensor([[1, 4, 4, 4, 4, 4, 4], [1, 3, 5, 7, 2, 5, 2]])

@@ -84,8 +84,8 @@ def test_model_config_typo_names_key_and_file(tmp_path):
     p.write_text("encoder: {dim: 64, n_layerz: 1}\n")
     with pytest.raises(cfgio.ConfigError, match=r"'encoder.n_layerz' in .*m.yaml"):
         load_blt_config(p)
-    p.write_text("global: {dim: 64, n_heads: three}\n")
-    with pytest.raises(cfgio.ConfigError, match=r"'global.n_heads' in .*m.yaml"):
+    p.write_text("global_model: {dim: 64, n_heads: three}\n")
+    with pytest.raises(cfgio.ConfigError, match=r"'global_model.n_heads' in .*m.yaml"):
         load_blt_config(p)
     p.write_text("encoder: {dim: 64}\ndecoder: {dim: 32}\n")
     with pytest.raises(cfgio.ConfigError, match="decoder.dim"):

@@ -37,7 +37,7 @@ def hf_semantics(cfg: BLTConfig) -> BLTConfig:
         cfg,
         encoder=dataclasses.replace(cfg.encoder, window=None, doc_reset=False),
         decoder=dataclasses.replace(cfg.decoder, window=None, doc_reset=False),
-        global_=dataclasses.replace(cfg.global_, attention="causal"),
+        global_model=dataclasses.replace(cfg.global_model, doc_reset=False),
         cross_attn=dataclasses.replace(cfg.cross_attn, empty_rows="uniform", repool_each_layer=True,
                                        n_heads=cfg.encoder.n_heads),
         attn_impl="sdpa",

@@ -53,10 +53,10 @@ def staged_output(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
 
 
 def _summary(cfg) -> list[str]:
-    e, g, d, c = cfg.encoder, cfg.global_, cfg.decoder, cfg.cross_attn
+    e, g, d, c = cfg.encoder, cfg.global_model, cfg.decoder, cfg.cross_attn
     return [
         f"encoder {e.dim}x{e.n_layers} ({e.n_heads} heads, window {e.window}, doc_reset {e.doc_reset})",
-        f"global {g.dim}x{g.n_layers} ({g.n_heads} heads, {g.attention})",
+        f"global_model {g.dim}x{g.n_layers} ({g.n_heads} heads, {'block-causal' if g.doc_reset else 'causal'})",
         f"decoder {d.dim}x{d.n_layers} ({d.n_heads} heads, window {d.window}, doc_reset {d.doc_reset})",
         f"cross-attention k={c.k}, {c.n_heads} heads, empty rows {c.empty_rows}, repool {c.repool_each_layer}",
         f"hash tables {cfg.hash.n_functions} x {cfg.hash.group_sizes} x {cfg.hash.vocab}",

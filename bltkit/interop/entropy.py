@@ -18,43 +18,28 @@ import importlib
 import inspect
 import os
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from ..nn.ffn import ffn_hidden_dim
+from ..nn.stack import StackConfig
 
 REFERENCE_ENTROPY_WINDOW = 512  # load_entropy_model hard-codes it (blt-reference §2)
 REFERENCE_ENTROPY_THETA = 10000.0  # rope_theta is not passed on by load_entropy_model
 
 
-@dataclass
-class EntropySpec:
-    """What an entropy model computes, independent of either library's config class."""
-
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: Optional[int]
-    ffn_hidden: int
-    rope_theta: float
-    norm_eps: float
-    window: Optional[int]  # keys in (q - window, q]; None = unbounded
-    doc_reset: bool  # attention stops at EOS
-
-
-def spec_from_hf(pc: Any) -> EntropySpec:
+def spec_from_hf(pc: Any) -> StackConfig:
+    """The stack HF's ``patcher_config`` computes: plain causal, no window."""
     from .hf import rope_theta_of
 
-    return EntropySpec(dim=pc.hidden_size, n_layers=pc.num_hidden_layers, n_heads=pc.num_attention_heads,
+    return StackConfig(dim=pc.hidden_size, n_layers=pc.num_hidden_layers, n_heads=pc.num_attention_heads,
                        n_kv_heads=None if pc.num_key_value_heads in (None, pc.num_attention_heads) else pc.num_key_value_heads,
                        ffn_hidden=int(pc.intermediate_size), rope_theta=rope_theta_of(pc, "patcher_config"),
                        norm_eps=float(pc.rms_norm_eps), window=None, doc_reset=False)
 
 
-def spec_from_reference(args: dict, source: str) -> EntropySpec:
+def spec_from_reference(args: dict, source: str) -> StackConfig:
     """The reference loader keeps only dim, n_layers, n_heads, ffn_dim_multiplier (§2)."""
     try:
         dim, n_layers, n_heads = int(args["dim"]), int(args["n_layers"]), int(args["n_heads"])
@@ -64,9 +49,9 @@ def spec_from_reference(args: dict, source: str) -> EntropySpec:
     if vocab not in (260, -1, None):
         raise ValueError(f"{source}: entropy-model field 'vocab_size' is {vocab!r}; the byte vocabulary has 260 ids")
     mult = float(args.get("ffn_dim_multiplier") or 1.0)
-    return EntropySpec(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=None,
-                       ffn_hidden=ffn_hidden_dim(dim, mult), rope_theta=REFERENCE_ENTROPY_THETA, norm_eps=1e-5,
-                       window=REFERENCE_ENTROPY_WINDOW, doc_reset=True)
+    return StackConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=None, ffn_dim_multiplier=mult,
+                       rope_theta=REFERENCE_ENTROPY_THETA, norm_eps=1e-5, window=REFERENCE_ENTROPY_WINDOW,
+                       doc_reset=True)
 
 
 # ---- bltkit's EntropyModel, when installed -------------------------------------------------------
@@ -82,54 +67,20 @@ def _api() -> tuple[Optional[type], Optional[type], str]:
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     hints = typing.get_type_hints(cls.__init__) if params else {}
     cfg_cls = hints.get(params[0].name) if params else None
-    if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
-        return None, None, "EntropyModel's constructor does not take a config dataclass this converter understands"
+    if cfg_cls is None or not (isinstance(cfg_cls, type) and issubclass(cfg_cls, StackConfig)):
+        return None, None, "EntropyModel's constructor does not take a StackConfig this converter understands"
     return cls, cfg_cls, ""
 
 
-# spec field -> candidate config field names (first present wins)
-_FIELDS = {
-    "dim": ("dim",), "n_layers": ("n_layers",), "n_heads": ("n_heads",), "n_kv_heads": ("n_kv_heads",),
-    "ffn_hidden": ("ffn_hidden",), "rope_theta": ("rope_theta",), "norm_eps": ("norm_eps",),
-    "window": ("window", "sliding_window"), "doc_reset": ("doc_reset",),
-}
-
-
-def multiplier_for(dim: int, hidden: int) -> Optional[float]:
-    """An ``ffn_dim_multiplier`` whose reference rounding gives ``hidden``, or None if none does
-    (the rounding only reaches multiples of 256)."""
-    base = int(2 * 4 * dim / 3)
-    if hidden % 256 or base == 0:
-        return None
-    mult = hidden / base
-    return mult if ffn_hidden_dim(dim, mult) == hidden else None
-
-
-def _config_for(spec: EntropySpec, cfg_cls: type) -> tuple[Optional[Any], str]:
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    kwargs: dict[str, Any] = {}
-    for key, candidates in _FIELDS.items():
-        value = getattr(spec, key)
-        name = next((c for c in candidates if c in names), None)
-        if name is not None:
-            kwargs[name] = value
-        elif key == "n_kv_heads" and value is None:
-            continue
-        elif key == "ffn_hidden" and "ffn_dim_multiplier" in names:
-            mult = multiplier_for(spec.dim, value)
-            if mult is None:
-                return None, f"{cfg_cls.__name__} cannot express an FFN width of {value} for dim {spec.dim}"
-            if mult != 1.0:
-                kwargs["ffn_dim_multiplier"] = mult
-        else:
-            return None, f"{cfg_cls.__name__} has no field for {key} = {value!r}"
+def _config_for(spec: StackConfig, cfg_cls: type) -> tuple[Optional[Any], str]:
+    """The entropy model's config with the stack ``spec`` (its config is a ``StackConfig``)."""
     try:
-        return cfg_cls(**kwargs), ""
+        return cfg_cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(StackConfig)}), ""
     except (TypeError, ValueError) as e:
-        return None, f"{cfg_cls.__name__}({kwargs}) failed: {e}"
+        return None, f"{cfg_cls.__name__} of {spec} failed: {e}"
 
 
-def build(spec: EntropySpec, state: dict[str, torch.Tensor], source: str,
+def build(spec: StackConfig, state: dict[str, torch.Tensor], source: str,
           origin: Callable[[str], str] = lambda k: k) -> tuple[Optional[torch.nn.Module], str]:
     """(EntropyModel with ``state`` loaded, "") or (None, why it could not be built)."""
     from .checkpoint import load_checked
@@ -154,20 +105,15 @@ def to_hf_patcher(directory: str | os.PathLike):
     if cls is None:
         return None, why
     model = cls.from_pretrained(Path(directory))
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return None, "EntropyModel has no .config"
-    get = lambda key, default=None: next((getattr(cfg, c) for c in _FIELDS[key] if hasattr(cfg, c)), default)  # noqa: E731
-    dim, heads = int(get("dim")), int(get("n_heads"))
+    cfg = model.config  # a StackConfig
     changes = []
-    if get("window") is not None:
-        changes.append(f"entropy model window {get('window')} -> none: HF's patcher has no sliding window")
-    if get("doc_reset", False):
+    if cfg.window is not None:
+        changes.append(f"entropy model window {cfg.window} -> none: HF's patcher has no sliding window")
+    if cfg.doc_reset:
         changes.append("entropy model doc_reset true -> false: HF's patcher does not stop at EOS")
-    hidden = get("ffn_hidden") or getattr(cfg, "hidden", None) or ffn_hidden_dim(dim)
-    pc = dict(hidden_size=dim, num_hidden_layers=int(get("n_layers")), num_attention_heads=heads,
-              num_key_value_heads=int(get("n_kv_heads") or heads), intermediate_size=int(hidden),
-              rms_norm_eps=float(get("norm_eps", 1e-5)),
-              rope_parameters={"rope_type": "default", "rope_theta": float(get("rope_theta", REFERENCE_ENTROPY_THETA))})
+    pc = dict(hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+              num_key_value_heads=cfg.n_kv_heads or cfg.n_heads, intermediate_size=cfg.hidden,
+              rms_norm_eps=float(cfg.norm_eps),
+              rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)})
     state = {lm_to_hf_patcher_name(k): v for k, v in model.state_dict().items()}
     return (pc, state, changes), ""

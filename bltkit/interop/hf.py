@@ -6,12 +6,12 @@ behaviour that differs from the reference (blt-reference §11.3) is expressed by
 | HF behaviour (§11.3)                                  | bltkit config                               |
 |-------------------------------------------------------|---------------------------------------------|
 | local self-attention plain causal (no window, no EOS) | ``encoder/decoder.window: null, doc_reset: false`` |
-| global plain causal                                   | ``global.attention: causal``                |
+| global plain causal                                   | ``global_model.doc_reset: false``           |
 | additive ``finfo.min`` cross mask: empty row = mean   | ``cross_attn.empty_rows: uniform``          |
 | encoder re-pools patch queries at every cross step    | ``cross_attn.repool_each_layer: true``      |
 | cross heads = the component's heads, always ``amax``  | ``cross_attn.n_heads``, ``pooling: max``    |
 | per-component ``rope_parameters`` (5e5 by default)    | ``<stack>.rope_theta``                      |
-| ``intermediate_size``, ``rms_norm_eps``               | ``<stack>.ffn_hidden``, ``norm_eps``        |
+| per-component ``intermediate_size``, ``rms_norm_eps`` | ``<stack>.ffn_hidden``, ``<stack>.norm_eps`` |
 
 Weights map by renaming path segments (§11.2): ``self_attn``/``attention``, ``q_proj``/``wq``,
 ``mlp.gate_proj``/``feed_forward.w1``, ``up_proj``/``w3``, ``down_proj``/``w2``,
@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..model.config import (BLTConfig, CrossAttentionConfig, GlobalConfig, HashEmbeddingConfig,
-                            LocalConfig)
+from ..model.config import BLTConfig, CrossAttentionConfig, HashEmbeddingConfig
+from ..nn.stack import StackConfig
 from ..nn.ffn import ffn_hidden_dim
 
 HF_DEFAULT_THETA = 500000.0  # BltConfig.default_theta for the three BLT stacks
@@ -136,6 +136,14 @@ def _kv(heads: int, kv: Optional[int]) -> Optional[int]:
     return None if kv in (None, heads) else int(kv)
 
 
+def _hf_stack(sub: Any, name: str, n_kv_heads: Optional[int]) -> StackConfig:
+    """An HF sub-config as a bltkit stack with HF's attention: no window, no reset at EOS."""
+    return StackConfig(dim=sub.hidden_size, n_layers=sub.num_hidden_layers, n_heads=sub.num_attention_heads,
+                       n_kv_heads=n_kv_heads, ffn_hidden=_ffn(sub.hidden_size, sub.intermediate_size),
+                       norm_eps=float(sub.rms_norm_eps), rope_theta=rope_theta_of(sub, name), window=None,
+                       doc_reset=False)
+
+
 def hf_config_to_blt(hfc: Any, source: str = "config.json") -> BLTConfig:
     """bltkit ``BLTConfig`` that computes what HF ``BltConfig`` ``hfc`` computes (table above)."""
     enc, dec, glob = hfc.encoder_config, hfc.decoder_config, hfc.global_config
@@ -155,9 +163,6 @@ def hf_config_to_blt(hfc: Any, source: str = "config.json") -> BLTConfig:
     if enc.num_attention_heads != dec.num_attention_heads:
         problems.append(f"encoder_config.num_attention_heads {enc.num_attention_heads} != decoder_config's "
                         f"{dec.num_attention_heads}: bltkit has one cross_attn.n_heads for both")
-    eps = {enc.rms_norm_eps, dec.rms_norm_eps, glob.rms_norm_eps}
-    if len(eps) != 1:
-        problems.append(f"rms_norm_eps differs between components ({sorted(eps)}); bltkit has one norm_eps")
     for name, sub in (("encoder_config", enc), ("decoder_config", dec), ("global_config", glob)):
         act = getattr(sub, "hidden_act", "silu")
         if act != "silu":
@@ -167,20 +172,12 @@ def hf_config_to_blt(hfc: Any, source: str = "config.json") -> BLTConfig:
 
     k = int(hfc.cross_attn_k)
     return BLTConfig(
-        norm_eps=float(enc.rms_norm_eps),
         hash=HashEmbeddingConfig(group_sizes=[int(n) for n in hfc.encoder_hash_byte_group_size],
                                  n_functions=int(hfc.encoder_hash_byte_group_nb_functions),
                                  vocab=int(hfc.encoder_hash_byte_group_vocab)),
-        encoder=LocalConfig(dim=enc.hidden_size, n_layers=enc.num_hidden_layers, n_heads=enc.num_attention_heads,
-                            n_kv_heads=None, ffn_hidden=_ffn(enc.hidden_size, enc.intermediate_size),
-                            rope_theta=rope_theta_of(enc, "encoder_config"), window=None, doc_reset=False),
-        global_=GlobalConfig(dim=glob.hidden_size, n_layers=glob.num_hidden_layers, n_heads=glob.num_attention_heads,
-                             n_kv_heads=_kv(glob.num_attention_heads, glob.num_key_value_heads),
-                             ffn_hidden=_ffn(glob.hidden_size, glob.intermediate_size),
-                             rope_theta=rope_theta_of(glob, "global_config"), attention="causal"),
-        decoder=LocalConfig(dim=dec.hidden_size, n_layers=dec.num_hidden_layers, n_heads=dec.num_attention_heads,
-                            n_kv_heads=None, ffn_hidden=_ffn(dec.hidden_size, dec.intermediate_size),
-                            rope_theta=rope_theta_of(dec, "decoder_config"), window=None, doc_reset=False),
+        encoder=_hf_stack(enc, "encoder_config", n_kv_heads=None),
+        global_model=_hf_stack(glob, "global_config", n_kv_heads=_kv(glob.num_attention_heads, glob.num_key_value_heads)),
+        decoder=_hf_stack(dec, "decoder_config", n_kv_heads=None),
         cross_attn=CrossAttentionConfig(k=k, n_heads=enc.num_attention_heads,
                                         encoder_all_layers=bool(enc.cross_attn_all_layers),
                                         decoder_all_layers=bool(dec.cross_attn_all_layers),
@@ -233,8 +230,9 @@ def hf_semantic_changes(cfg: BLTConfig) -> list[str]:
             out.append(f"{name}.window {stack.window} -> none: HF's local attention has no sliding window")
         if stack.doc_reset:
             out.append(f"{name}.doc_reset true -> false: HF's local attention does not stop at EOS")
-    if cfg.global_.attention != "causal":
-        out.append(f"global.attention {cfg.global_.attention} -> causal: HF does not reset after EOS patches")
+    if cfg.global_model.doc_reset:
+        out.append("global_model.doc_reset true -> false: HF's global model is causal, it does not reset after "
+                   "EOS patches")
     c = cfg.cross_attn
     if c.empty_rows != "uniform":
         out.append(f"cross_attn.empty_rows {c.empty_rows} -> uniform: a patch with no bytes gets the mean of all "
@@ -274,11 +272,11 @@ def blt_config_to_hf(cfg: BLTConfig, patcher: Optional[dict] = None, patcher_con
     if not allow_semantic_change:
         refuse_semantic_changes(changes)
     transformers = require_transformers()
-    e, g, d, c = cfg.encoder, cfg.global_, cfg.decoder, cfg.cross_attn
+    e, g, d, c = cfg.encoder, cfg.global_model, cfg.decoder, cfg.cross_attn
 
-    def local(stack: LocalConfig, all_layers: bool) -> dict:
+    def local(stack: StackConfig, all_layers: bool) -> dict:
         return dict(hidden_size=stack.dim, num_hidden_layers=stack.n_layers, num_attention_heads=stack.n_heads,
-                    num_key_value_heads=stack.n_heads, intermediate_size=stack.hidden, rms_norm_eps=cfg.norm_eps,
+                    num_key_value_heads=stack.n_heads, intermediate_size=stack.hidden, rms_norm_eps=stack.norm_eps,
                     cross_attn_all_layers=all_layers, cross_attn_k=c.k, hidden_size_global=g.dim,
                     max_position_embeddings=HF_LOCAL_MAX_POSITIONS,
                     rope_parameters={"rope_type": "default", "rope_theta": float(stack.rope_theta)})
@@ -300,7 +298,7 @@ def blt_config_to_hf(cfg: BLTConfig, patcher: Optional[dict] = None, patcher_con
         decoder_config=local(d, c.decoder_all_layers),
         global_config=dict(hidden_size=g.dim, num_hidden_layers=g.n_layers, num_attention_heads=g.n_heads,
                            num_key_value_heads=g.n_kv_heads or g.n_heads, intermediate_size=g.hidden,
-                           rms_norm_eps=cfg.norm_eps, max_position_embeddings=HF_GLOBAL_MAX_POSITIONS,
+                           rms_norm_eps=g.norm_eps, max_position_embeddings=HF_GLOBAL_MAX_POSITIONS,
                            rope_parameters={"rope_type": "default", "rope_theta": float(g.rope_theta)}),
         tie_word_embeddings=False,
         use_cache=False,  # HF's BLT cache serves only the decoder (blt-reference §8)

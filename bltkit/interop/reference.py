@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..model.config import (BLTConfig, CrossAttentionConfig, GlobalConfig, HashEmbeddingConfig,
-                            LocalConfig)
+from ..model.config import BLTConfig, CrossAttentionConfig, HashEmbeddingConfig
+from ..nn.stack import StackConfig
 from ..nn.ffn import ffn_hidden_dim
 
 PARAMS_FILE = "params.json"
@@ -174,13 +174,13 @@ def reference_config_to_blt(m: dict, source: str = PARAMS_FILE) -> tuple[BLTConf
     if impl == "xformers":
         window, reset = m.get("local_attention_window_len"), True
         if bias in ("causal", None):
-            glob_attn = "causal"
+            glob_reset = False
         elif bias in ("block_causal", "local_block_causal"):
-            glob_attn = "block_causal"
+            glob_reset = True
         else:
             raise ValueError(f"{source}: field 'attn_bias_type' is {bias!r}; supported: causal, block_causal")
     elif impl in ("sdpa", "flex_attention"):
-        window, reset, glob_attn = None, False, "causal"
+        window, reset, glob_reset = None, False, False
         notes.append(f"attn_impl {impl!r}: the reference runs plain causal masks there (no window, no EOS reset"
                      f"{', and only with BLT_SUPPRESS_ATTN_ERROR=1' if impl == 'sdpa' else ''}); imported as such")
     else:
@@ -189,22 +189,19 @@ def reference_config_to_blt(m: dict, source: str = PARAMS_FILE) -> tuple[BLTConf
     norm_eps = float(_get(m, "norm_eps", 1e-5))
     n_kv = m.get("n_kv_heads")
 
-    def local(name: str, layers_key: str) -> LocalConfig:
-        return LocalConfig(dim=dims[name], n_layers=int(m.get(layers_key, 8)), n_heads=heads[name],
+    def stack(name: str, layers_key: str, n_kv: Optional[int], window: Optional[int], reset: bool) -> StackConfig:
+        return StackConfig(dim=dims[name], n_layers=int(m.get(layers_key, 8)), n_heads=heads[name],
                            n_kv_heads=None if n_kv in (None, heads[name]) else int(n_kv),
-                           ffn_hidden=_ffn_hidden(dims[name], m), rope_theta=theta, window=window, doc_reset=reset)
+                           ffn_hidden=_ffn_hidden(dims[name], m), norm_eps=norm_eps, rope_theta=theta, window=window,
+                           doc_reset=reset)
 
-    n_kv_g = m.get("n_kv_heads_global")
     cfg = BLTConfig(
-        norm_eps=norm_eps,
         hash=HashEmbeddingConfig(group_sizes=_int_list(hash_sizes or [], "encoder_hash_byte_group_size", source),
                                  n_functions=int(m.get("encoder_hash_byte_group_nb_functions", 3)) if hash_sizes else 0,
                                  vocab=int(m.get("encoder_hash_byte_group_vocab", 30000))),
-        encoder=local("encoder", "n_layers_local_encoder"),
-        global_=GlobalConfig(dim=dg, n_layers=int(m.get("n_layers_global", 8)), n_heads=heads["global"],
-                             n_kv_heads=None if n_kv_g in (None, heads["global"]) else int(n_kv_g),
-                             ffn_hidden=_ffn_hidden(dg, m), rope_theta=theta, attention=glob_attn),
-        decoder=local("decoder", "n_layers_local_decoder"),
+        encoder=stack("encoder", "n_layers_local_encoder", n_kv, window, reset),
+        global_model=stack("global", "n_layers_global", m.get("n_kv_heads_global"), None, glob_reset),
+        decoder=stack("decoder", "n_layers_local_decoder", n_kv, window, reset),
         cross_attn=CrossAttentionConfig(k=int(k), n_heads=int(cross_heads),
                                         encoder_all_layers=bool(m.get("cross_attn_all_layers_encoder", False)),
                                         decoder_all_layers=bool(m.get("cross_attn_all_layers_decoder", False)),
@@ -213,9 +210,7 @@ def reference_config_to_blt(m: dict, source: str = PARAMS_FILE) -> tuple[BLTConf
         init_seed=int(m.get("seed", 42)),
     )
     try:
-        cfg.validate()
-        for part in (cfg.hash, cfg.encoder, cfg.global_, cfg.decoder, cfg.cross_attn):
-            part.validate()
+        cfg.validate()  # every part
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     return cfg, notes

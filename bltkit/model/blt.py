@@ -46,9 +46,9 @@ class ByteLatentTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.encoder_hash_tok_embedding = HashNgramEmbedding(config.hash, config.encoder.dim)
-        self.local_encoder = LocalEncoder(config)
-        self.global_transformer = GlobalTransformer(config)
-        self.local_decoder = LocalDecoder(config)
+        self.local_encoder = LocalEncoder(config.encoder, config.cross_attn, config.vocab_size)
+        self.global_transformer = GlobalTransformer(config.global_model, config.global_input_dim)
+        self.local_decoder = LocalDecoder(config.decoder, config.cross_attn, config.global_model.dim, config.vocab_size)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -88,8 +88,8 @@ class ByteLatentTransformer(nn.Module):
 
         # 3. Global transformer over patches: the k vectors of a patch side by side (pitfall 6).
         g_in = patches.reshape(b, p, cfg.global_input_dim)  # (B, P, k*De)
-        rope_glob = rope_angles(torch.arange(p, device=ids.device), cfg.global_.head_dim, cfg.global_.rope_theta)
-        g = self.global_transformer(g_in, rope_glob, masks.global_)  # (B, P, G)
+        rope_glob = rope_angles(torch.arange(p, device=ids.device), cfg.global_model.head_dim, cfg.global_model.rope_theta)
+        g = self.global_transformer(g_in, rope_glob, masks.global_model)  # (B, P, G)
 
         # 4. Local decoder: encoder byte states + projected patch states -> logits.
         rope_dec = rope_enc if cfg.decoder.head_dim == cfg.encoder.head_dim and cfg.decoder.rope_theta == cfg.encoder.rope_theta \
@@ -200,7 +200,7 @@ class ByteLatentTransformer(nn.Module):
         g_in = cache.patches.gather(1, gslot[..., None].expand(-1, -1, cache.patches.shape[-1]))  # (B, W, k*De)
         gpos = torch.where(ok, p, -1)
         mask = cache.glob.begin(gpos, cache.patch_doc.gather(1, gslot))  # (B, 1, W, Q)
-        rope_g = rope_angles(gpos.clamp(min=0), cfg.global_.head_dim, cfg.global_.rope_theta)
+        rope_g = rope_angles(gpos.clamp(min=0), cfg.global_model.head_dim, cfg.global_model.rope_theta)
         g = self.global_transformer(g_in, rope_g, mask, cache.glob)  # (B, W, G)
         dslot = (gslot[..., None] * k + torch.arange(k, device=dev)).reshape(b, width * k)  # slot p*k + j
         cache.dec_cross.write_at(dslot, ok.repeat_interleave(k, dim=1))
@@ -265,7 +265,7 @@ class ByteLatentTransformer(nn.Module):
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``config.yaml`` + ``model.safetensors``, each written to a temporary name and renamed."""
-        save_config_and_weights(self, blt_config_to_dict(self.config), directory)
+        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
@@ -288,28 +288,10 @@ def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Ten
     return torch.where(ok, order, 0), ok
 
 
-# ---- config I/O: YAML writes ``global`` (``global_`` in Python, a keyword clash) ----------------
-def blt_config_from_dict(data: dict, source: Optional[str] = None) -> BLTConfig:
-    data = dict(data)
-    if "global" in data:
-        if "global_" in data:
-            raise cfgio.ConfigError(f"both 'global' and 'global_' given{' in ' + source if source else ''}")
-        data["global_"] = data.pop("global")
-    try:
-        return cfgio.from_dict(BLTConfig, data, source=source)
-    except cfgio.ConfigError as e:
-        raise cfgio.ConfigError(str(e).replace("'global_", "'global")) from None
-
-
-def blt_config_to_dict(cfg: BLTConfig) -> dict:
-    d = cfgio.to_dict(cfg)
-    return {("global" if k == "global_" else k): v for k, v in d.items()}
-
-
 def load_blt_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> BLTConfig:
     """A model config from a YAML file or a shipped name (``tiny``, ``bench-s``, ``400m``, ``1b``)."""
     data, p = cfgio.read_config(path, "model", overrides)
-    return blt_config_from_dict(data, source=str(p))
+    return cfgio.from_dict(BLTConfig, data, source=str(p))
 
 
 # ---- weights I/O shared by every bltkit model ---------------------------------------------------

@@ -51,7 +51,7 @@ class BLTCache:
         self.h = torch.zeros(batch, s + 1, e.dim, dtype=dt, device=dev)
         self.patches = torch.zeros(batch, q + 1, cfg.global_input_dim, dtype=dt, device=dev)
         self.patch_doc = torch.zeros(batch, q + 1, dtype=torch.int64, device=dev)
-        self.glob = StackCache(model.global_transformer.layers, batch, q, None, cfg.global_.attention == "block_causal")
+        self.glob = StackCache(model.global_transformer.layers, batch, q, None, cfg.global_model.doc_reset)
         self.dec_cross = KVCache.for_layers(model.local_decoder.cross_attn_layers, batch, q * c.k)
         self.dec = StackCache(model.local_decoder.layers, batch, s, d.window, d.doc_reset)
         for name in COUNTERS:

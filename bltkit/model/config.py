@@ -1,17 +1,21 @@
 """Typed configuration of the Byte Latent Transformer, one dataclass per component.
 
+The three stacks (``encoder``, ``global_model``: the latent global transformer, ``decoder``) are
+``bltkit.nn.StackConfig``s, the config every stack in bltkit shares (the entropy model and the
+byte LM extend it); the rest is the BLT's own: hash n-grams, cross-attention, the vocabulary.
 Defaults follow the reference (facebookresearch/blt) where it and Hugging Face differ
-(blt-reference §11.3); the HF behaviours are options (``window: null``, ``doc_reset: false``,
-``global.attention: causal``, ``cross_attn.empty_rows: uniform``, ``cross_attn.repool_each_layer``).
-Derived sizes (FFN widths, head dims, the global input width) are properties here and nowhere else.
+(docs/architecture.md, "Reference vs Hugging Face"); the HF behaviours are options
+(``window: null``, ``doc_reset: false``, ``global_model.doc_reset: false``,
+``cross_attn.empty_rows: uniform``, ``cross_attn.repool_each_layer``). Derived sizes (FFN widths,
+head dims, the global input width) are properties here and in ``StackConfig``, nowhere else.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal
 
 from ..data.vocab import VOCAB_SIZE
-from ..nn.ffn import ffn_hidden_dim
+from ..nn.stack import StackConfig
 
 
 @dataclass
@@ -34,58 +38,6 @@ class HashEmbeddingConfig:
 
 
 @dataclass
-class StackConfig:
-    """A stack of transformer blocks (fields shared by the encoder, global model and decoder)."""
-
-    dim: int = 256
-    n_layers: int = 1
-    n_heads: int = 4
-    n_kv_heads: Optional[int] = None
-    ffn_dim_multiplier: float = 1.0
-    ffn_hidden: Optional[int] = None  # explicit FFN width; default from the reference rounding
-    rope_theta: float = 500000.0
-
-    def validate(self) -> None:
-        if self.dim < 1 or self.n_layers < 0 or self.n_heads < 1:
-            raise ValueError(f"dim {self.dim}, n_layers {self.n_layers}, n_heads {self.n_heads} out of range")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden(self) -> int:
-        return self.ffn_hidden or ffn_hidden_dim(self.dim, self.ffn_dim_multiplier)
-
-
-@dataclass
-class LocalConfig(StackConfig):
-    """A local (byte-level) stack: sliding-window attention that resets after EOS (§4.3)."""
-
-    window: Optional[int] = 512  # keys in (q - window, q]; null = unbounded (HF)
-    doc_reset: bool = True  # attention stops at EOS (reference); false = plain causal (HF)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window must be >= 1 or null, got {self.window}")
-
-
-@dataclass
-class GlobalConfig(StackConfig):
-    """The latent transformer over patches (§5): no final norm."""
-
-    dim: int = 512
-    n_layers: int = 2
-    n_heads: int = 8
-    attention: Literal["causal", "block_causal"] = "block_causal"  # block_causal resets after EOS patches
-
-
-@dataclass
 class CrossAttentionConfig:
     """Cross-attention between bytes and patches (§4.4, §6)."""
 
@@ -101,17 +53,40 @@ class CrossAttentionConfig:
         if self.k < 1 or self.n_heads < 1:
             raise ValueError(f"cross_attn k {self.k} and n_heads {self.n_heads} must be >= 1")
 
+    def encoder_steps(self, encoder_layers: int) -> int:
+        """Cross steps in the encoder: one after every layer, or one after the last."""
+        return encoder_layers if self.encoder_all_layers else 1
+
+    def decoder_steps(self, decoder_layers: int) -> int:
+        """Cross steps in the decoder: one before every layer, or one before the first."""
+        return decoder_layers if self.decoder_all_layers else 1
+
+
+def _local_stack(n_layers: int) -> StackConfig:
+    return StackConfig(dim=256, n_layers=n_layers, n_heads=4, window=512, doc_reset=True)
+
 
 @dataclass
 class BLTConfig:
-    """The whole model. ``encoder``/``decoder`` widths must match (the decoder reads encoder states)."""
+    """The whole model. ``encoder``/``decoder`` widths must match (the decoder reads encoder states).
+
+    ``encoder`` and ``decoder``: byte-level stacks, sliding-window attention that resets after EOS
+    (a YAML stack that leaves out ``window`` has none: the shipped configs say 512).
+    ``global_model``: the latent transformer over patches; no window, no final norm, block-causal
+    (``doc_reset``) or causal."""
+
+    # Keys of earlier bltkit versions, named in the error a stale config file gets.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "global": "'global_model' (with 'attention: block_causal|causal' as 'doc_reset: true|false')",
+        "global_": "'global_model'",
+        "norm_eps": "a field of each stack: 'encoder.norm_eps', 'global_model.norm_eps', 'decoder.norm_eps'",
+    }
 
     vocab_size: int = VOCAB_SIZE
-    norm_eps: float = 1e-5
     hash: HashEmbeddingConfig = field(default_factory=HashEmbeddingConfig)
-    encoder: LocalConfig = field(default_factory=lambda: LocalConfig(n_layers=1))
-    global_: GlobalConfig = field(default_factory=GlobalConfig)
-    decoder: LocalConfig = field(default_factory=lambda: LocalConfig(n_layers=2))
+    encoder: StackConfig = field(default_factory=lambda: _local_stack(1))
+    global_model: StackConfig = field(default_factory=lambda: StackConfig(dim=512, n_layers=2, n_heads=8))
+    decoder: StackConfig = field(default_factory=lambda: _local_stack(2))
     cross_attn: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
     attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
     init_seed: int = 42
@@ -129,6 +104,11 @@ class BLTConfig:
             raise ValueError("encoder.n_layers must be >= 1 (the cross step follows an encoder layer)")
         if self.decoder.n_layers < 1:
             raise ValueError("decoder.n_layers must be >= 1 (the cross step precedes a decoder layer)")
+        if self.global_model.window is not None:
+            raise ValueError(f"global_model.window must be null, got {self.global_model.window}: the global "
+                             f"model attends to every earlier patch")
+        for part in (self.hash, self.encoder, self.global_model, self.decoder, self.cross_attn):
+            part.validate()
         if self.attn_impl == "flex" and self.cross_attn.empty_rows == "uniform":
             raise ValueError("cross_attn.empty_rows 'uniform' (HF) needs attn_impl 'sdpa'")
 
@@ -141,12 +121,12 @@ class BLTConfig:
     @property
     def global_projection(self) -> bool:
         """The global input projection exists only when widths differ (§5)."""
-        return self.global_input_dim != self.global_.dim
+        return self.global_input_dim != self.global_model.dim
 
     @property
     def n_encoder_cross(self) -> int:
-        return self.encoder.n_layers if self.cross_attn.encoder_all_layers else 1
+        return self.cross_attn.encoder_steps(self.encoder.n_layers)
 
     @property
     def n_decoder_cross(self) -> int:
-        return self.decoder.n_layers if self.cross_attn.decoder_all_layers else 1
+        return self.cross_attn.decoder_steps(self.decoder.n_layers)

@@ -10,23 +10,22 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..nn import TransformerBlock, trunc_normal_
+from ..nn import StackConfig, transformer_blocks, trunc_normal_
 from ..nn.kv_cache import KVCache
-from .config import BLTConfig
 
 
 class GlobalTransformer(nn.Module):
-    def __init__(self, cfg: BLTConfig):
+    """The stack ``cfg`` over ``input_dim``-wide patch vectors (k*De in the BLT, the byte LM's own
+    width in ``ByteLM``)."""
+
+    def __init__(self, cfg: StackConfig, input_dim: int):
         super().__init__()
-        g = cfg.global_
-        self.cfg = cfg
-        # k*De -> G only when the widths differ (§5; pitfall 20).
+        self.cfg, self.input_dim = cfg, input_dim
+        # input_dim -> G only when the widths differ (§5; pitfall 20).
         self.token_embedding_projection: Optional[nn.Linear] = (
-            nn.Linear(cfg.global_input_dim, g.dim, bias=False) if cfg.global_projection else None
+            nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None
         )
-        self.layers = nn.ModuleList(
-            TransformerBlock(g.dim, g.n_heads, g.hidden, g.n_kv_heads, g.head_dim, cfg.norm_eps) for _ in range(g.n_layers)
-        )
+        self.layers = transformer_blocks(cfg)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Any,
                 cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -39,6 +38,6 @@ class GlobalTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         if self.token_embedding_projection is not None:
-            trunc_normal_(self.token_embedding_projection.weight, self.cfg.global_input_dim ** -0.5)
+            trunc_normal_(self.token_embedding_projection.weight, self.input_dim ** -0.5)
         for layer in self.layers:
             layer.reset_parameters()

@@ -12,29 +12,30 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..nn import CrossAttention, RMSNorm, TransformerBlock, trunc_normal_
-from .config import BLTConfig
+from ..nn import CrossAttention, RMSNorm, StackConfig, transformer_blocks, trunc_normal_
+from .config import CrossAttentionConfig
 
 
 class LocalDecoder(nn.Module):
-    def __init__(self, cfg: BLTConfig):
+    """The byte stack ``cfg`` reading ``global_dim``-wide patch states through the cross steps of
+    ``cross``, then the final norm and the ``vocab_size`` head."""
+
+    def __init__(self, cfg: StackConfig, cross: CrossAttentionConfig, global_dim: int, vocab_size: int):
         super().__init__()
-        d, c = cfg.decoder, cfg.cross_attn
-        self.cfg = cfg
-        self.patch_embedding_projection = nn.Linear(cfg.global_.dim, d.dim * c.k, bias=False)  # G -> k*D
+        self.cfg, self.cross, self.global_dim = cfg, cross, global_dim
+        self.patch_embedding_projection = nn.Linear(global_dim, cfg.dim * cross.k, bias=False)  # G -> k*D
         self.cross_attn_layers = nn.ModuleList(
-            CrossAttention(d.dim, c.n_heads, cfg.norm_eps, c.empty_rows) for _ in range(cfg.n_decoder_cross)
+            CrossAttention(cfg.dim, cross.n_heads, cfg.norm_eps, cross.empty_rows)
+            for _ in range(cross.decoder_steps(cfg.n_layers))
         )
-        self.layers = nn.ModuleList(
-            TransformerBlock(d.dim, d.n_heads, d.hidden, d.n_kv_heads, d.head_dim, cfg.norm_eps) for _ in range(d.n_layers)
-        )
-        self.norm = RMSNorm(d.dim, cfg.norm_eps)
-        self.output = nn.Linear(d.dim, cfg.vocab_size, bias=False)
+        self.layers = transformer_blocks(cfg)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
 
     def project_patches(self, g: torch.Tensor) -> torch.Tensor:
         """(B, P, G) -> (B, P*k, D): row p*k+j is slice j of patch p (pitfall 6)."""
         b, p, _ = g.shape
-        return self.patch_embedding_projection(g).reshape(b, p * self.cfg.cross_attn.k, -1)
+        return self.patch_embedding_projection(g).reshape(b, p * self.cross.k, -1)
 
     def forward(
         self,
@@ -49,15 +50,15 @@ class LocalDecoder(nn.Module):
         only the patches new to the global model this step: their keys join the cached ones
         (``cache.dec_cross``), which ``cross_mask`` indexes by patch slot."""
         for i, layer in enumerate(self.layers):
-            if i == 0 or self.cfg.cross_attn.decoder_all_layers:
+            if i == 0 or self.cross.decoder_all_layers:
                 kv_cache = cache.dec_cross.layer(i) if cache is not None else None
                 h = h + self.cross_attn_layers[i](h, patches, cross_mask, kv_cache)  # 2h + wo(attn)
             h = layer(h, rope, local_mask, cache.dec.layer(i) if cache is not None else None)
         return self.output(self.norm(h)).float()  # (B, N, V) fp32 logits
 
     def reset_parameters(self) -> None:
-        trunc_normal_(self.patch_embedding_projection.weight, self.cfg.global_.dim ** -0.5)
-        trunc_normal_(self.output.weight, self.cfg.decoder.dim ** -0.5)
+        trunc_normal_(self.patch_embedding_projection.weight, self.global_dim ** -0.5)
+        trunc_normal_(self.output.weight, self.cfg.dim ** -0.5)
         self.norm.reset_parameters()
         for m in [*self.cross_attn_layers, *self.layers]:
             m.reset_parameters()

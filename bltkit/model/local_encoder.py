@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn import CrossAttention, TransformerBlock, trunc_normal_
-from .config import BLTConfig
+from ..nn import CrossAttention, StackConfig, transformer_blocks, trunc_normal_
+from .config import CrossAttentionConfig
 
 
 def pool_patches(h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int, mode: str) -> torch.Tensor:
@@ -28,18 +28,18 @@ def pool_patches(h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int, mode:
 
 
 class LocalEncoder(nn.Module):
-    def __init__(self, cfg: BLTConfig):
+    """The byte stack ``cfg`` with its byte embedding and the cross steps of ``cross``."""
+
+    def __init__(self, cfg: StackConfig, cross: CrossAttentionConfig, vocab_size: int):
         super().__init__()
-        e, c = cfg.encoder, cfg.cross_attn
-        self.cfg = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, e.dim)
-        self.layers = nn.ModuleList(
-            TransformerBlock(e.dim, e.n_heads, e.hidden, e.n_kv_heads, e.head_dim, cfg.norm_eps) for _ in range(e.n_layers)
-        )
+        self.cfg, self.cross = cfg, cross
+        self.tok_embeddings = nn.Embedding(vocab_size, cfg.dim)
+        self.layers = transformer_blocks(cfg)
         # Pooled patch vectors are projected to k query vectors a patch (§4.4).
-        self.patch_embedding_projection = nn.Linear(e.dim, e.dim * c.k, bias=False)
+        self.patch_embedding_projection = nn.Linear(cfg.dim, cfg.dim * cross.k, bias=False)
         self.cross_attn_layers = nn.ModuleList(
-            CrossAttention(e.dim, c.n_heads, cfg.norm_eps, c.empty_rows) for _ in range(cfg.n_encoder_cross)
+            CrossAttention(cfg.dim, cross.n_heads, cfg.norm_eps, cross.empty_rows)
+            for _ in range(cross.encoder_steps(cfg.n_layers))
         )
 
     def forward(
@@ -59,7 +59,7 @@ class LocalEncoder(nn.Module):
         cross step attends over the cached byte keys (``cache.enc_cross``); the patches asked for
         are the step's closing ones, over the cache's byte slots.
         """
-        c = self.cfg.cross_attn
+        c = self.cross
         b = x.shape[0]
         h, patch = x, None
         last = len(self.layers) - 1
@@ -80,7 +80,7 @@ class LocalEncoder(nn.Module):
         return h, patch
 
     def reset_parameters(self) -> None:
-        d = self.cfg.encoder.dim
+        d = self.cfg.dim
         trunc_normal_(self.tok_embeddings.weight, d ** -0.5)
         trunc_normal_(self.patch_embedding_projection.weight, d ** -0.5)
         for m in [*self.layers, *self.cross_attn_layers]:

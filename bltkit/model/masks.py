@@ -28,7 +28,7 @@ class BLTMasks:
     enc_local: Any
     dec_local: Any
     enc_cross: Any
-    global_: Any
+    global_model: Any  # patch-level: causal or block-causal
     dec_cross: Any
     patch_ids: torch.Tensor  # (B, N)
     dec_patch_ids: torch.Tensor  # (B, N)
@@ -66,7 +66,7 @@ def build_masks(ids: torch.Tensor, patch_lengths: torch.Tensor, cfg, form: str =
     pid = patch_ids_from_lengths(patch_lengths, n)  # (B, N)
     dpid = decoder_patch_ids(patch_lengths, n)  # (B, N)
     doc = document_ids(ids)  # (B, N)
-    pdoc = patch_document_ids(ids, pid, p) if cfg.global_.attention == "block_causal" else None
+    pdoc = patch_document_ids(ids, pid, p) if cfg.global_model.doc_reset else None
     if form == "dense":
         pos = torch.arange(n, device=ids.device)
         ppos = torch.arange(p, device=ids.device)

@@ -5,9 +5,10 @@ from .rope import apply_rope, rope_angles
 from .ffn import SwiGLU, ffn_hidden_dim
 from .attention import SelfAttention, CrossAttention, attend
 from .block import TransformerBlock
+from .stack import StackConfig, transformer_blocks
 from .init import trunc_normal_
 
 __all__ = [
     "RMSNorm", "apply_rope", "rope_angles", "SwiGLU", "ffn_hidden_dim", "SelfAttention",
-    "CrossAttention", "attend", "TransformerBlock", "trunc_normal_",
+    "CrossAttention", "attend", "TransformerBlock", "StackConfig", "transformer_blocks", "trunc_normal_",
 ]

@@ -5,8 +5,8 @@
       --global_transformer (BLT's GlobalTransformer: same TransformerBlock, RoPE, RMSNorm, init)-->
       --norm, output--> logits (B, T, 260) fp32,  T = N / K
 
-The backbone *is* ``bltkit.model.global_transformer.GlobalTransformer`` (built from
-``ByteLMConfig.as_blt_config``), not a copy: the same code path initialises it (blt-reference
+The backbone *is* ``bltkit.model.global_transformer.GlobalTransformer`` (built from the
+``ByteLMConfig``, a ``StackConfig`` like the BLT's ``global_model``), not a copy: the same code path initialises it (blt-reference
 pitfall 23) and its state-dict keys (``global_transformer.layers.*``) are BLT's, so a
 patch-trained ByteLM can initialise a BLT's global transformer (``init_blt_global_from``).
 RoPE positions count patches in the patch phase and bytes otherwise (no rescaling). With
@@ -54,7 +54,7 @@ class ByteLM(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.global_transformer = GlobalTransformer(config.as_blt_config())
+        self.global_transformer = GlobalTransformer(config, input_dim=config.dim)  # no input projection
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if not any(p.is_meta for p in self.parameters()):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..bundle import save_bundle
-from ..model.blt import ByteLatentTransformer, blt_config_to_dict, load_blt_config
+from ..model.blt import ByteLatentTransformer, load_blt_config
 from ..model.config import BLTConfig
 from .batches import PatchFn
 from .config import TrainConfig
@@ -53,7 +53,7 @@ class BLTTask(PackedDataTask):
         return model
 
     def model_config_dict(self) -> dict:
-        return blt_config_to_dict(self.model_cfg)
+        return cfgio.to_dict(self.model_cfg)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # Packed batches satisfy the patch conventions by construction: skip the host-syncing checks.

@@ -93,7 +93,7 @@ def blt_forward_flops(cfg, ids: torch.Tensor, patch_lengths: torch.Tensor, atten
     pl = patch_lengths.detach().cpu()
     b, n = ids.shape
     n_bytes = b * n
-    e, g, d, c = cfg.encoder, cfg.global_, cfg.decoder, cfg.cross_attn
+    e, g, d, c = cfg.encoder, cfg.global_model, cfg.decoder, cfg.cross_attn
     k = c.k
     real_patches = (pl > 0).sum(dim=1)  # (B,)
     n_patches = int(real_patches.sum())
@@ -111,7 +111,7 @@ def blt_forward_flops(cfg, ids: torch.Tensor, patch_lengths: torch.Tensor, atten
     # Global: optional input projection, layers over real patches with the (block-)causal prefix.
     glob = n_patches * 2 * cfg.global_input_dim * g.dim if cfg.global_projection else 0
     groups = None
-    if g.attention == "block_causal":
+    if g.doc_reset:
         groups = patch_document_ids(ids, patch_ids_from_lengths(pl, n), pl.shape[1])
     glob += stack_flops(n_patches, a * causal_pairs(real_patches, groups), g.dim, g.n_layers, g.n_heads,
                         g.n_kv_heads, g.head_dim, g.hidden)
