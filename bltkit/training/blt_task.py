@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import config as cfgio
 from ..bundle import save_bundle
 from ..model.blt import ByteLatentTransformer, load_blt_config
 from ..model.config import BLTConfig
