@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def models():
     torch.manual_seed(3)
     blt = ByteLatentTransformer(load_blt_config("tiny", ["encoder.window=48", "decoder.window=48", "hash.vocab=257",
-                                                         "global.n_layers=1"])).eval()
+                                                         "global_model.n_layers=1"])).eval()
     with torch.no_grad():
         blt.local_decoder.output.weight[EOS_ID] = 0
     em = EntropyModel(load_entropy_config("tiny", ["window=32", "dim=32", "n_heads=2", "n_layers=1"])).eval()
