@@ -206,8 +206,9 @@ def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer,
         prompt = random_bytes(batch, s.gen_prompt_bytes, s.seed + batch)
         uncached = bltkit_generate_figure(model, gen_entropy, prompt, s.gen_new_bytes, s.threshold,
                                           device=device, amp=amp)
+        paths = ("eager", "compiled", "speculative") if s.compile else ("eager", "speculative")
         cached = _guard(lambda: cached_generation_figure(model, entropy_model, s.threshold, batch,
-                                                         s.gen_prompt_bytes, s.gen_new_bytes, device))
+                                                         s.gen_prompt_bytes, s.gen_new_bytes, device, paths))
         if "error" not in cached:
             mine[key] = dict(cached, uncached=uncached)
             mine["cached_over_uncached"][key] = _ratio(cached, uncached)
@@ -217,6 +218,8 @@ def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer,
         if hf is not None:
             hf[key] = _guard(lambda: hf_generate_figure(hf_model(), prompt, s.hf_new_bytes, device=device, amp=amp))
         ratios[key] = _ratio(mine[key], hf.get(key) if hf is not None else None)
+        for name, fig in mine[key].get("paths", {}).items():  # every cached path against HF, same run
+            fig["ratio_over_hf"] = _ratio(fig, hf.get(key) if hf is not None else None)
     del model, gen_entropy
     return dict(figure="generate", **base, prompt_bytes=s.gen_prompt_bytes, new_bytes=s.gen_new_bytes,
                 hf_new_bytes=s.hf_new_bytes if hf is not None else None, threshold=s.threshold, bltkit=mine,
@@ -249,6 +252,9 @@ def _rows(record: dict) -> Iterable[tuple[str, str, dict, Optional[float]]]:
     if fig == "generate":
         for key in sorted(k for k in record.get("bltkit", {}) if k.startswith("batch")):
             yield f"generate {key}", "bltkit", record["bltkit"][key], record.get("ratio_bltkit_over_hf", {}).get(key)
+            for name, fig in record["bltkit"][key].get("paths", {}).items():
+                if name != "eager":  # the bltkit row is the eager path
+                    yield f"generate {key}", name[:7], fig, fig.get("ratio_over_hf")
             hf = (record.get("hf") or {}).get(key)
             if hf:
                 yield f"generate {key}", "HF", hf, None

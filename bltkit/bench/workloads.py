@@ -129,10 +129,11 @@ def bltkit_patch_figure(entropy_model: nn.Module, ids: torch.Tensor, threshold: 
 
 # ---- generate ------------------------------------------------------------------------------------
 def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, threshold: float, batch: int,
-                             prompt_len: int, new_bytes: int, device: torch.device) -> dict:
+                             prompt_len: int, new_bytes: int, device: torch.device,
+                             paths=("eager", "speculative")) -> dict:
     """bltkit's cached generation: the models written as a bundle (entropy patching at
     ``threshold``), loaded with ``bltkit.load`` and timed by
-    ``bltkit.inference.bench.generation_benchmark(handle, batch, prompt_len, new_bytes)``."""
+    ``bltkit.inference.bench.generation_benchmark(handle, batch, prompt_len, new_bytes, paths=paths)``."""
     import tempfile
 
     from ..bundle import save_bundle
@@ -143,7 +144,7 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
         save_bundle(d, model, kind="blt", patcher={"scheme": "entropy", "threshold": threshold},
                     entropy_model=entropy_model)
         handle = load(d, device=device)
-    rec = dict(generation_benchmark(handle, batch, prompt_len, new_bytes))
+    rec = dict(generation_benchmark(handle, batch, prompt_len, new_bytes, paths=paths))
     # The same keys as the uncached and HF figures: seconds as "s", new bytes counted a row.
     rec.setdefault("s", rec.get("seconds"))
     rec.setdefault("batch", batch)

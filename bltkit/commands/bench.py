@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto: cuda when available)")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     a("--attn-impl", default="auto", choices=["auto", "sdpa", "flex"], help="auto: flex on CUDA, sdpa elsewhere")
-    a("--compile", action="store_true", help="torch.compile each block (opt-in)")
+    a("--compile", action="store_true", help="torch.compile each block of the train step, and time the compiled generation step too (opt-in)")
     a("--bucket", type=int, default=None,
       help="pad patch columns to a multiple of this (0: off; default 64 when compiled: CUDA flex or --compile; else 0)")
     a("--entropy-config", default="small", help="entropy model config for patching/generation (default small)")
