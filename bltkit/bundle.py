@@ -14,9 +14,10 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from . import config as cfgio
+from .patching.config import PatcherConfig
 
 BUNDLE_FILE = "bundle.yaml"
 MODEL_SUBDIR = "model"
@@ -33,7 +34,7 @@ MODEL_KINDS: dict[str, str] = {
 @dataclass
 class BundleMeta:
     kind: Literal["blt", "bytelm", "entropy"] = "blt"
-    patcher: dict[str, Any] = field(default_factory=dict)  # parsed by bltkit.patching
+    patcher: Optional[PatcherConfig] = None  # a BLT's patching (bltkit.patching.resolve_patcher)
     has_entropy_model: bool = False
     note: str = ""
 
@@ -66,7 +67,7 @@ def write_bundle_meta(directory: str | os.PathLike, meta: BundleMeta) -> None:
     cfgio.write_yaml(meta, d / BUNDLE_FILE)
 
 
-def save_bundle(directory: str | os.PathLike, model, kind: str, patcher: Optional[dict] = None,
+def save_bundle(directory: str | os.PathLike, model, kind: str, patcher: PatcherConfig | dict | None = None,
                 entropy_model=None) -> None:
     """Write ``model`` (and optionally an entropy model, a module or a directory) as a bundle."""
     import shutil
@@ -81,7 +82,9 @@ def save_bundle(directory: str | os.PathLike, model, kind: str, patcher: Optiona
                 shutil.copytree(src, d / ENTROPY_SUBDIR, dirs_exist_ok=True)
         else:
             entropy_model.save_pretrained(d / ENTROPY_SUBDIR)
-    write_bundle_meta(d, BundleMeta(kind=kind, patcher=dict(patcher or {}), has_entropy_model=has_em))
+    if isinstance(patcher, dict):
+        patcher = cfgio.from_dict(PatcherConfig, patcher, source=f"{d / BUNDLE_FILE} patcher", prefix="patcher") if patcher else None
+    write_bundle_meta(d, BundleMeta(kind=kind, patcher=patcher, has_entropy_model=has_em))
 
 
 def load_bundle_models(directory: str | os.PathLike, device=None, dtype=None):

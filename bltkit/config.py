@@ -191,6 +191,17 @@ def apply_overrides(data: dict, overrides: list[str], source: str | None = None)
     return data
 
 
+def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path:
+    """Where a path named in a config points: as given when absolute or when it exists from the
+    working directory, else relative to ``base_dir`` (the directory of the file that names it)
+    when it exists there. A path found nowhere is returned as given, for the caller's error."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or base_dir is None:
+        return p
+    beside = Path(base_dir) / p
+    return beside if beside.exists() else p
+
+
 def resolve_config_path(name_or_path: str | os.PathLike, kind: str) -> Path:
     """A path as given, or a shipped config name like ``tiny`` under ``configs/<kind>/``."""
     p = Path(name_or_path)

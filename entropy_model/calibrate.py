@@ -89,9 +89,11 @@ def histogram_text(hist: dict[int, int], width: int = 40, cap: int = 16) -> str:
 
 
 def calibrate_threshold(entropies: Sequence[torch.Tensor], target_mean: float, monotonic: bool = False,
-                        threshold_add: Optional[float] = None, max_patch_length: Optional[int] = None) -> CalibrationResult:
+                        threshold_add: Optional[float] = None, max_patch_length: Optional[int] = None,
+                        entropies_fp16: bool = True) -> CalibrationResult:
     """The threshold whose mean patch length over documents with these per-id ``entropies`` is
-    closest to ``target_mean`` (global θ ≥ 0, or relative θ with ``monotonic``)."""
+    closest to ``target_mean`` (global θ ≥ 0, or relative θ with ``monotonic``). With
+    ``entropies_fp16`` the entropies are rounded to float16 first, as the patcher then rounds them."""
     if not (isinstance(target_mean, (int, float)) and math.isfinite(target_mean) and target_mean >= 1):
         raise ValueError(f"target mean patch length must be a finite number >= 1, got {target_mean!r}")
     if max_patch_length is not None and max_patch_length < 1:
@@ -107,6 +109,8 @@ def calibrate_threshold(entropies: Sequence[torch.Tensor], target_mean: float, m
     flat = torch.cat(rows)
     if not bool(torch.isfinite(flat).all()):
         raise ValueError("entropies hold NaN or infinite values")
+    if entropies_fp16:
+        flat = flat.half().float()
     scheme = "monotonic" if monotonic else "entropy"
     n_ids = int(lengths.sum())
     if monotonic:
@@ -152,9 +156,10 @@ def document_entropies(model: torch.nn.Module, docs: Sequence[bytes], **kwargs) 
 def calibrate_directory(entropy_model_dir: str | os.PathLike, data: Sequence[str], target_mean: float,
                         monotonic: bool = False, sample_bytes: Optional[int] = 1_000_000,
                         threshold_add: Optional[float] = None, max_patch_length: Optional[int] = None,
-                        write: bool = True, device=None) -> CalibrationResult:
+                        write: bool = True, device=None, entropies_fp16: bool = True) -> CalibrationResult:
     """Calibrate the entropy model in ``entropy_model_dir`` on ``data`` and (``write``) record the
-    result in its ``patcher.yaml``, where ``Patcher.from_entropy_model`` and the commands find it."""
+    result in its ``patcher.yaml``, where ``resolve_patcher`` (every entry point) finds it.
+    ``entropies_fp16`` (recorded there too): calibrate, and later patch, on float16-rounded entropies."""
     from .model import EntropyModel
 
     if not (isinstance(target_mean, (int, float)) and math.isfinite(target_mean) and target_mean >= 1):
@@ -163,12 +168,12 @@ def calibrate_directory(entropy_model_dir: str | os.PathLike, data: Sequence[str
     docs = sample_documents(data, sample_bytes)
     ents = document_entropies(model, docs)
     res = calibrate_threshold(ents, target_mean, monotonic=monotonic, threshold_add=threshold_add,
-                              max_patch_length=max_patch_length)
+                              max_patch_length=max_patch_length, entropies_fp16=entropies_fp16)
     if write:
         record = CalibrationRecord(target_mean=float(target_mean), achieved_mean=res.achieved_mean,
                                    documents=res.documents, bytes=res.ids - 2 * res.documents,
                                    data=[str(Path(p)) for p in data])
         save_patcher_settings(entropy_model_dir, PatcherConfig(
             scheme="monotonic" if monotonic else "entropy", threshold=res.threshold, threshold_add=threshold_add,
-            max_patch_length=max_patch_length, calibration=record))
+            max_patch_length=max_patch_length, entropies_fp16=entropies_fp16, calibration=record))
     return res

@@ -14,8 +14,10 @@ but not yet listed when its stored fingerprint matches, and refuses to continue 
 settings (data, model weights, shard size), naming what differs. Only safetensors and JSON are
 written; nothing is pickled.
 
-Patch statistics (mean length, histogram) per source use the entropy model's calibrated
-``patcher.yaml`` (or an explicit threshold) on the stored fp16 entropies, as training will.
+Patch statistics (mean length, histogram) per source use the patcher settings training resolves
+(``bltkit.patching.resolve_patcher``: the entropy model's calibrated ``patcher.yaml``, its scheme
+and ``max_patch_length`` included, with ``threshold`` over it when given) on the stored fp16
+entropies, as training will.
 """
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
     """
     from safetensors.torch import save_file
 
-    from bltkit.patching.config import load_patcher_settings
+    from bltkit.patching.config import PatcherConfig, load_patcher_settings, resolve_patcher
+    from bltkit.patching.config import entropy_model_dir as model_dir
     from bltkit.patching.patcher import Patcher
 
     from .entropies import compute_entropies
@@ -130,7 +133,7 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
         raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
     if not data:
         raise ValueError("no data sources given")
-    em = Path(entropy_model_dir)
+    em = model_dir(entropy_model_dir)  # a run or bundle directory: its model/
     model = EntropyModel.from_pretrained(em, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,16 +151,13 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
     else:
         index = {"settings": settings, "shards": [], "finished": False}
 
-    cal = load_patcher_settings(em)
     patcher = None
-    if threshold is not None:
-        patcher = Patcher(scheme="entropy", threshold=threshold)
-    elif cal is not None and cal.threshold is not None:
-        patcher = Patcher(scheme=cal.scheme, threshold=cal.threshold, threshold_add=cal.threshold_add,
-                          max_patch_length=cal.max_patch_length)
-    index["patcher"] = None if patcher is None else {"scheme": patcher.config.scheme, "threshold": patcher.config.threshold,
-                                                      "threshold_add": patcher.config.threshold_add,
-                                                      "max_patch_length": patcher.config.max_patch_length}
+    cal = load_patcher_settings(em)
+    if threshold is not None or (cal is not None and cal.threshold is not None):
+        # The one resolution (calibrated patcher.yaml, then the given threshold), as training uses.
+        cfg = resolve_patcher(entropy_model=em, overrides=PatcherConfig(threshold=threshold))
+        patcher = Patcher(cfg)
+    index["patcher"] = None if patcher is None else patcher.config.rule()
 
     done = len(index["shards"])
     computed = 0

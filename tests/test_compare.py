@@ -11,6 +11,7 @@ from bltkit.bundle import load_bundle_models, save_bundle
 from bltkit.cli import main
 from bltkit.compare.config import CompareConfig, load_compare_config
 from bltkit.compare.runner import run_compare
+from bltkit.patching import PatcherConfig
 from bltkit.patchtrain.blt_init import apply_blt_init
 from bltkit.patchtrain.config import ByteLMConfig
 from bltkit.patchtrain.model import ByteLM
@@ -105,7 +106,7 @@ def test_blt_two_phase_and_global_init_run(tmp_path):
     first = cfgio.read_yaml(tmp_path / "blt" / "patch_phase" / "config.yaml")
     assert first["task"] == {"init_global_from": str((tmp_path / "k4").resolve())}
     meta, _, _ = load_bundle_models(tmp_path / "blt")
-    assert meta.kind == "blt" and meta.patcher == {"scheme": "space"}
+    assert meta.kind == "blt" and meta.patcher == PatcherConfig(scheme="space")
 
 
 def test_shipped_tiny_comparison(tmp_path, capsys):

@@ -11,6 +11,7 @@ import torch
 from bltkit.bundle import read_bundle
 from bltkit.cli import main
 from bltkit.model import ByteLatentTransformer, load_blt_config
+from bltkit.patching import PatcherConfig
 
 warnings.filterwarnings("ignore", message=".*flex_attention.*")
 
@@ -69,10 +70,11 @@ def reference_state(model) -> dict:
     return out
 
 
-def write_reference(directory, model, params=None, nested=True, state=None):
+def write_reference(directory, model, params=None, nested=True, state=None, patcher_args=None):
     directory.mkdir(parents=True, exist_ok=True)
     params = reference_params(model.config) if params is None else params
-    data = {"model": params, "data": {"patcher_args": {"patching_mode": "entropy", "threshold": 1.5}}} if nested else params
+    patcher_args = {"patching_mode": "entropy", "threshold": 1.5} if patcher_args is None else patcher_args
+    data = {"model": params, "data": {"patcher_args": patcher_args}} if nested else params
     (directory / "params.json").write_text(json.dumps(data))
     sd = reference_state(model) if state is None else state
     torch.save({"model": sd} if nested else sd, directory / "consolidated.pth")
@@ -112,7 +114,9 @@ def test_from_reference_round_trip_identical_logits(tmp_path, variant, nested):
     assert main(["convert", "--from", "reference", str(src), str(tmp_path / "bundle")]) == 0
     meta = read_bundle(tmp_path / "bundle")
     want_threshold = 1.5 if nested else 3.1439  # data.patcher_args wins over the model's field
-    assert meta.patcher == {"scheme": "entropy", "threshold": want_threshold} and not meta.has_entropy_model
+    # the reference thresholds unrounded entropies at inference
+    assert meta.patcher == PatcherConfig(scheme="entropy", threshold=want_threshold, entropies_fp16=False)
+    assert not meta.has_entropy_model
     back = ByteLatentTransformer.from_pretrained(tmp_path / "bundle" / "model").eval()
     assert normalized(back.config) == normalized(model.config)
     for seed in range(2):
@@ -275,7 +279,7 @@ def test_from_reference_with_its_entropy_model(tmp_path, ref_model, capsys):
     torch.save({k: v.clone() for k, v in em.state_dict().items()}, em_dir / "consolidated.pth")
     assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 0
     meta = read_bundle(tmp_path / "b")
-    assert meta.has_entropy_model and meta.patcher["entropy_model"] == "entropy_model"
+    assert meta.has_entropy_model and meta.patcher.entropy_model == "entropy_model"
     back = EntropyModel.from_pretrained(tmp_path / "b" / "entropy_model").eval()
     ids, _ = batch(n=600)  # longer than the window, with an EOS inside row 1
     with torch.no_grad():
@@ -288,3 +292,63 @@ def test_from_reference_with_its_entropy_model(tmp_path, ref_model, capsys):
     out = capsys.readouterr().out
     assert "semantic change: entropy model window 512 -> none" in out
     assert "semantic change: entropy model doc_reset true -> false" in out
+
+
+def _reference_entropy_model(src):
+    """A small reference-format entropy model in ``src/entropy_model`` (params.json + weights)."""
+    from entropy_model.model import EntropyModel, EntropyModelConfig
+
+    torch.manual_seed(2)
+    em = EntropyModel(EntropyModelConfig(dim=32, n_layers=2, n_heads=4)).eval()
+    d = src / "entropy_model"
+    d.mkdir()
+    (d / "params.json").write_text(json.dumps({"entropy_model": {
+        "dim": 32, "n_layers": 2, "n_heads": 4, "vocab_size": 260, "ffn_dim_multiplier": 1.0, "max_seqlen": 8192}}))
+    torch.save({k: v.clone() for k, v in em.state_dict().items()}, d / "consolidated.pth")
+    return em
+
+
+def test_from_reference_monotonic_patcher_loads_and_patches(tmp_path, ref_model, capsys):
+    """The reference's ``monotonicity: true`` becomes scheme monotonic with its relative threshold
+    (``threshold_add`` unused, as in the reference); the bundle loads and patches by that rule,
+    checked against the rule written out here on the entropy model's own entropies."""
+    import bltkit
+
+    src = write_reference(tmp_path / "ref", ref_model, patcher_args={
+        "patching_mode": "entropy", "threshold": 0.02, "threshold_add": 0.5, "monotonicity": True,
+        "max_patch_length": 5})
+    em = _reference_entropy_model(src)
+    assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 0
+    assert "threshold_add 0.5 is unused with monotonicity" in capsys.readouterr().out
+    meta = read_bundle(tmp_path / "b")
+    assert meta.patcher == PatcherConfig(scheme="monotonic", threshold=0.02, max_patch_length=5, entropies_fp16=False,
+                                         entropy_model="entropy_model")
+    text = b"The reference's monotonic patcher, converted: bytes whose entropy rises start patches."
+    got = bltkit.load(tmp_path / "b", device="cpu").patch(text).lengths
+    ids = torch.tensor([[1] + [b + 4 for b in text]])  # BOS + bytes, as patch() encodes them
+    with torch.no_grad():
+        logp = em(ids)[0].float().log_softmax(-1)
+    h = -(logp.exp() * logp).sum(-1)  # (T,) H[t]: entropy of the prediction of byte t + 1
+    starts = [c for c in range(ids.shape[1]) if c < 3 or float(h[c - 1] - h[c - 2]) > 0.02]
+    want = []
+    for a, b in zip(starts, starts[1:] + [ids.shape[1]]):
+        n = b - a
+        want += [5] * (n // 5) + ([n % 5] if n % 5 else [])
+    assert got == want and 1 < len(want) < ids.shape[1]  # varied patches, each at most 5
+
+
+def test_from_reference_without_hash_tables(tmp_path):
+    """A reference model with no hash n-gram embeddings (no ``encoder_hash_byte_group_size``, no
+    ``encoder_hash_tok_embedding.*`` tensors) converts, and computes the same logits."""
+    torch.manual_seed(4)
+    model = ByteLatentTransformer(load_blt_config("tiny", overrides=["hash.n_functions=0", "hash.group_sizes=[]"])).eval()
+    params = reference_params(model.config)
+    del params["encoder_hash_byte_group_size"]
+    state = {k: v for k, v in reference_state(model).items() if not k.startswith("encoder_hash_tok_embedding")}
+    src = write_reference(tmp_path / "ref", model, params=params, state=state)
+    assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 0
+    back = ByteLatentTransformer.from_pretrained(tmp_path / "b" / "model").eval()
+    assert back.config.hash.n_tables == 0
+    ids, pl = batch()
+    with torch.no_grad():
+        assert torch.equal(back(ids, pl), model(ids, pl))

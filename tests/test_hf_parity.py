@@ -19,6 +19,7 @@ from bltkit.bundle import read_bundle
 from bltkit.cli import main
 from bltkit.interop.hf import blt_to_hf_name, hf_config_to_blt, hf_to_blt_name
 from bltkit.model import ByteLatentTransformer
+from bltkit.patching import PatcherConfig
 
 warnings.filterwarnings("ignore", message=".*flex_attention.*")
 TOL = 1e-4
@@ -134,7 +135,7 @@ def converted(request, conversions):
 def test_from_hf_matches_logits(converted):
     hf, root = converted
     meta = read_bundle(root / "bundle")
-    assert meta.kind == "blt" and meta.patcher == {"scheme": "static", "patch_size": 1}  # HF: 1-byte patches
+    assert meta.kind == "blt" and meta.patcher == PatcherConfig(scheme="static", patch_size=1)  # HF: 1-byte patches
     model = ByteLatentTransformer.from_pretrained(root / "bundle" / "model").eval()
     cfg = model.config
     assert (cfg.encoder.window, cfg.encoder.doc_reset, cfg.global_model.doc_reset) == (None, False, False)
@@ -332,7 +333,8 @@ def test_patcher_weights_become_the_bundle_entropy_model_and_back(tmp_path):
     assert main(["convert", "--from", "hf", str(tmp_path / "hf"), str(tmp_path / "bundle")]) == 0
     meta = read_bundle(tmp_path / "bundle")
     assert meta.has_entropy_model
-    assert meta.patcher == {"scheme": "entropy", "threshold": 2.0, "entropy_model": "entropy_model"}
+    # HF thresholds its patcher's entropies unrounded
+    assert meta.patcher == PatcherConfig(scheme="entropy", threshold=2.0, entropies_fp16=False, entropy_model="entropy_model")
     em = EntropyModel.from_pretrained(tmp_path / "bundle" / "entropy_model").eval()
     assert (em.config.window, em.config.doc_reset) == (None, False)  # HF's patcher: plain causal
     ids, pl = parity_batches()[1]  # EOS inside a row: HF's patcher does not reset there

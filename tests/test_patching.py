@@ -26,7 +26,9 @@ def test_worked_example_reference_3_2():
     pl = res.patch_lengths
     assert patch_ids_from_lengths(pl, 8).tolist() == [[0, 1, 1, 2, 2, 2, 3, 3]]
     assert decoder_patch_ids(pl, 8).tolist() == [[0, 0, 1, 1, 1, 2, 2, 3]]
-    assert torch.equal(res.scores, H_EXAMPLE)
+    assert torch.equal(res.scores, H_EXAMPLE.half().float())  # thresholded as float16 (entropies_fp16)
+    exact = Patcher(scheme="entropy", threshold=1.335, entropies_fp16=False)(ids, include_next_token=True, scores=H_EXAMPLE)
+    assert torch.equal(exact.scores, H_EXAMPLE) and torch.equal(exact.patch_lengths, res.patch_lengths)
     assert p(ids, include_next_token=False, scores=H_EXAMPLE).patch_lengths.tolist() == [[1, 2, 3, 2]]
 
 

@@ -113,14 +113,16 @@ def test_streaming_loader_from_precomputed_equals_on_the_fly(em, shards, monkeyp
 
 def test_fp32_entropies_option_and_bundle_settings(em, shards, tmp_path):
     """entropies_fp16: false thresholds float32 entropies (still a valid run); a run trained on
-    shards writes a bundle whose patcher settings hold neither training-only key."""
+    shards writes a bundle whose patcher is the resolved rule, rounding included (so inference
+    patches as training did), without the training-only shard directory."""
     fp32 = build_task(_cfg(em, patcher={"scheme": "entropy", "entropy_model": str(em[0]), "threshold": em[1],
                                         "entropies_fp16": False}))
-    assert fp32.patch_fn().fp16 is False and len(fp32._rows()[0]) > 0
+    assert fp32.patch_fn().config.entropies_fp16 is False and len(fp32._rows()[0]) > 0
     train(_cfg(em, shards), tmp_path / "run")
     meta = read_bundle(tmp_path / "run")
-    assert meta.patcher["scheme"] == "entropy" and meta.patcher["threshold"] == pytest.approx(em[1])
-    assert "precomputed" not in meta.patcher and "entropies_fp16" not in meta.patcher
+    assert meta.patcher.scheme == "entropy" and meta.patcher.threshold == pytest.approx(em[1])
+    assert meta.patcher.precomputed is None and meta.patcher.entropies_fp16 is True
+    assert meta.patcher.entropy_model == "entropy_model"
     _, model, entropy_model = load_bundle_models(tmp_path / "run")
     assert entropy_model is not None
 

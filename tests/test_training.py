@@ -21,6 +21,7 @@ from bltkit.training.flops import blt_forward_flops, local_pairs
 from bltkit.training.loop import TrainingDiverged, train
 from bltkit.training.metrics import read_metrics
 from bltkit.training.optim import parameter_groups
+from bltkit.patching import PatcherConfig
 from bltkit.training.patch_source import make_patch_fn
 from bltkit.training.schedule import lr_factor
 
@@ -157,7 +158,7 @@ def test_space_patching_matches_reference_rule():
     # starts {0,1} and after the first of each space-like run: ' ' at 3 -> 4, '.' at 7 -> 8; EOS follows 'e'
     fn = make_patch_fn({"scheme": "space"})
     assert fn(ids).tolist() == [1, 3, 4, 2]
-    assert [x.tolist() for x in fn.batch([ids, ids[:3]])] == [[1, 3, 4, 2], [1, 2]]
+    assert [x.tolist() for x in fn.lengths([ids, ids[:3]])] == [[1, 3, 4, 2], [1, 2]]
     with pytest.raises(cfgio.ConfigError, match="patcher.patch_sise"):
         make_patch_fn({"scheme": "static", "patch_sise": 3})
 
@@ -190,7 +191,7 @@ def test_train_writes_metrics_checkpoints_and_bundle(tmp_path):
     assert all(b["bytes"] > a["bytes"] for a, b in zip(recs, recs[1:]))
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 4]  # the last 2 kept
     meta = read_bundle(out)
-    assert meta.kind == "blt" and meta.patcher == {"scheme": "space"}
+    assert meta.kind == "blt" and meta.patcher == PatcherConfig(scheme="space")
     _, model, em = load_bundle_models(out)
     assert em is None and isinstance(model, ByteLatentTransformer)
     saved = ckpt.read_checkpoint(ckpt.latest_checkpoint(out))
@@ -392,7 +393,8 @@ def test_train_entropy_then_blt_with_entropy_patching(tmp_path, capsys):
                                            "threshold": 5.0})
     train(cfg, tmp_path / "blt")
     meta, model, em2 = load_bundle_models(tmp_path / "blt")
-    assert meta.patcher["scheme"] == "entropy" and meta.patcher["entropy_model"] == "entropy_model"
+    assert meta.patcher.scheme == "entropy" and meta.patcher.entropy_model == "entropy_model"
+    assert meta.patcher.threshold == 5.0
     assert isinstance(em2, EntropyModel)
     for k, v in em.state_dict().items():
         assert torch.equal(v, em2.state_dict()[k])

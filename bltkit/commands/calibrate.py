@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed relative threshold of the global + monotonic rule (calibrates the global one)")
     parser.add_argument("--max-patch-length", type=int, default=None, help="split longer patches (applied while calibrating)")
     parser.add_argument("--sample-bytes", type=int, default=1_000_000, help="bytes of data to sample (default 1,000,000)")
+    parser.add_argument("--fp32-entropies", action="store_true", help="threshold float32 entropies instead of "
+                        "float16-rounded ones (recorded in patcher.yaml as entropies_fp16: false)")
     parser.add_argument("--dry-run", action="store_true", help="print the result without writing patcher.yaml")
 
 
@@ -31,7 +33,8 @@ def run(args) -> int:
 
     res = calibrate_directory(args.entropy_model, args.data, args.target_mean, monotonic=args.monotonic,
                               sample_bytes=args.sample_bytes, threshold_add=args.threshold_add,
-                              max_patch_length=args.max_patch_length, write=not args.dry_run)
+                              max_patch_length=args.max_patch_length, write=not args.dry_run,
+                              entropies_fp16=not args.fp32_entropies)
     kind = "relative (monotonic)" if args.monotonic else "global"
     print(f"sample: {res.documents} documents, {res.ids - 2 * res.documents} bytes ({res.ids} ids with BOS/EOS)")
     print(f"{kind} threshold {res.threshold:.6f} nats: mean patch length {res.achieved_mean:.3f} "

@@ -11,16 +11,15 @@ sum to N, the number of bytes of the text. The entropy shown for byte k is that 
 prediction (from BOS and bytes < k): with the global rule byte k > 0 starts a patch when it
 exceeds the threshold (strict, nats). ``--json`` prints
 ``{"bytes": N, "patch_lengths": [...], "entropies": [...]}`` (entropies null without a model).
-Settings come from, lowest first: the entropy model's patcher.yaml (or the bundle's patcher),
-then these flags.
+Settings come from, lowest first: the entropy model's patcher.yaml, the bundle's patcher, then
+these flags (bltkit.patching.resolve_patcher, as training and bltkit.load use); a flag that
+changes the scheme drops the stored threshold.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import fields, replace
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,39 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from ..bundle import ENTROPY_SUBDIR, read_bundle
-    from ..config import from_dict
-    from ..patching.config import PatcherConfig, load_patcher_settings
+    """The patcher settings and its entropy model directory (``bltkit.patching.resolve_patcher``:
+    the model's patcher.yaml, then the bundle's patcher, then these flags)."""
+    from ..patching.config import PatcherConfig, resolve_patcher
 
     if args.model and args.entropy_model:
         raise ValueError("give --model (a bundle) or --entropy-model, not both")
-    em_dir, base = None, None
-    if args.model:
-        meta = read_bundle(args.model)
-        known = {f.name for f in fields(PatcherConfig)}
-        base = from_dict(PatcherConfig, {k: v for k, v in meta.patcher.items() if k in known and k != "entropy_model"},
-                         source=f"{args.model}/bundle.yaml")
-        if meta.has_entropy_model:
-            em_dir = Path(args.model) / ENTROPY_SUBDIR
-            calibrated = load_patcher_settings(em_dir)
-            if calibrated is not None and base.threshold is None and base.scheme == calibrated.scheme:
-                base = replace(base, threshold=calibrated.threshold, threshold_add=calibrated.threshold_add)
-    elif args.entropy_model:
-        em_dir = Path(args.entropy_model)
-        if not em_dir.is_dir():
-            raise FileNotFoundError(f"entropy model directory not found: {em_dir}")
-        base = load_patcher_settings(em_dir)
-    cfg = base or PatcherConfig()
-    if args.scheme and args.scheme != cfg.scheme:
-        cfg = replace(cfg, scheme=args.scheme, threshold=None, threshold_add=None)
-    overrides = {"threshold": args.threshold, "threshold_add": args.threshold_add, "patch_size": args.patch_size,
-                 "max_patch_length": args.max_patch_length}
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None}, calibration=None)
-    if cfg.needs_scores and em_dir is None:
-        raise ValueError(f"scheme {cfg.scheme!r} needs an entropy model: give --entropy-model DIR or --model BUNDLE "
-                         "(or choose --scheme static, space or byte)")
-    cfg.check_ready()
-    return cfg, em_dir
+    flags = PatcherConfig(scheme=args.scheme, threshold=args.threshold, threshold_add=args.threshold_add,
+                          patch_size=args.patch_size, max_patch_length=args.max_patch_length)
+    if flags.needs_scores and not (args.model or args.entropy_model):
+        raise ValueError(f"scheme {flags.scheme or 'entropy'!r} needs an entropy model: give --entropy-model DIR "
+                         "or --model BUNDLE (or choose --scheme static, space or byte)")
+    cfg = resolve_patcher(bundle=args.model, entropy_model=args.entropy_model, overrides=flags)
+    return cfg, cfg.entropy_model
 
 
 def _shown(b: bytes) -> str:

@@ -3,7 +3,7 @@ comparison, its threshold calibrated to a target mean patch length (BLT paper §
 §2, §3.4), then shared by every variant whose ``patcher.scheme`` is ``entropy``.
 
 Training goes through the one loop (kind ``entropy``, ``bltkit train-entropy``); calibration and
-patching through the patching package (``entropy_model.calibrate``, ``bltkit.patching.entropy``).
+patching through the patching package (``entropy_model.calibrate``, ``bltkit.patching.resolve_patcher``).
 Variant patcher settings are filled in, never overridden: a variant that gives its own
 ``threshold`` or ``entropy_model`` keeps it.
 """

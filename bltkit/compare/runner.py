@@ -129,8 +129,12 @@ def run_variant(cfg: CompareConfig, v: VariantConfig, out: Path, source: str, co
         name=v.name, kind=v.kind, training_flops=res.flops, bytes_seen=res.bytes, parameters=params,
         parameters_non_embedding=params_ne, heldout_bpb=res.bpb, mean_patch_length=_mean_patch_length(phases, res),
         wall_clock_s=res.wall_s, entropy_flops=_entropy_flops(res), patch_size=v.patch_size,
-        patch_fraction=v.patch_fraction, patcher=dict(phases[-1].config.patcher) if v.kind == "blt" else {},
+        patch_fraction=v.patch_fraction, patcher=_set_values(phases[-1].config.patcher) if v.kind == "blt" else {},
         dir=str(res.out_dir), phases=res.phases, curve=res.curve)
+
+
+def _set_values(patcher) -> dict:
+    return {k: v for k, v in cfgio.to_dict(patcher).items() if v is not None}
 
 
 def run_compare(cfg: CompareConfig, out_dir: str | Path, source: str = "config", config_dir: Optional[Path] = None,

@@ -10,8 +10,9 @@
     lm.save("somewhere")                              # writes a bundle
 
 A bundle (``bltkit.bundle``) holds the model, the entropy model when patching needs it, and the
-patcher settings (``bundle.yaml``'s ``patcher``, completed by the calibrated ``patcher.yaml`` in
-the entropy model's directory; the bundle's values win). Loading reads YAML and safetensors only.
+patcher settings, resolved as every entry point resolves them (``bltkit.patching.resolve_patcher``:
+the entropy model's calibrated ``patcher.yaml`` under ``bundle.yaml``'s ``patcher``). Loading reads
+YAML and safetensors only.
 
 Device and dtype (``bltkit.runtime``): CUDA with bf16 weights when a GPU is present, else CPU
 with fp32; both can be given, and a device this machine lacks is a one-line error. Generation uses every cache by default (``use_cache=False`` reruns the patcher and the
@@ -25,17 +26,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .. import config as cfgio
 from ..bundle import ENTROPY_SUBDIR, BUNDLE_FILE, load_bundle_models, save_bundle
 from ..data.vocab import encode, to_bytes
-from ..patching.config import PatcherConfig, load_patcher_settings
+from ..patching.config import PatcherConfig, resolve_patcher
 from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
@@ -70,22 +70,9 @@ def load(path: str | os.PathLike, device=None, dtype=None, max_context: int = DE
     meta, model, em = load_bundle_models(d, device=dev, dtype=dt)
     patcher = None
     if meta.kind == "blt":
-        data = {}
-        if em is not None:
-            calibrated = load_patcher_settings(d / ENTROPY_SUBDIR)
-            if calibrated is not None:
-                data = cfgio.to_dict(calibrated)
-        data.update(meta.patcher)
-        if not data:
+        if meta.patcher is None:
             raise ValueError(f"{d / BUNDLE_FILE} has no patcher settings: a BLT needs its patching scheme")
-        patcher = cfgio.from_dict(PatcherConfig, data, source=str(d / BUNDLE_FILE))
-        try:
-            patcher.check_ready()
-        except ValueError as e:
-            raise ValueError(f"{d / BUNDLE_FILE}: {e}") from None
-        if patcher.needs_scores and em is None:
-            raise ValueError(f"{d / BUNDLE_FILE}: patcher scheme {patcher.scheme!r} needs an entropy model, "
-                             f"but the bundle has none ({d / ENTROPY_SUBDIR})")
+        patcher = resolve_patcher(bundle=d)
     return Handle(model, patcher=patcher, entropy_model=em, kind=meta.kind, device=dev, max_context=max_context)
 
 
@@ -100,7 +87,8 @@ class Handle:
             raise ValueError(f"max_context must be an integer >= 2 bytes, got {max_context!r}")
         self.model = model.eval().requires_grad_(False)
         self.entropy_model = entropy_model.eval().requires_grad_(False) if entropy_model is not None else None
-        self.patcher, self.kind, self.max_context = patcher, kind, max_context
+        self.patcher = patcher.filled() if patcher is not None else None
+        self.kind, self.max_context = kind, max_context
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
     def __repr__(self) -> str:
@@ -245,9 +233,7 @@ class Handle:
         """Write this handle as a bundle directory (model, entropy model, patcher settings)."""
         patcher = None
         if self.patcher is not None:
-            p = replace(self.patcher, entropy_model=ENTROPY_SUBDIR if self.entropy_model is not None else None)
-            # Unset values stay out, so a calibrated patcher.yaml can still fill them on load.
-            patcher = {k: v for k, v in cfgio.to_dict(p).items() if v is not None}
+            patcher = self.patcher.for_bundle(ENTROPY_SUBDIR if self.entropy_model is not None else None)
         save_bundle(directory, self.model, self.kind, patcher=patcher, entropy_model=self.entropy_model)
 
 

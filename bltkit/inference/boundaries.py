@@ -15,7 +15,8 @@ only), so deciding the boundaries one byte at a time gives exactly the full-pref
 | static    | ``(c - 1) % patch_size == 0`` (after the 1-byte BOS patch, patches of patch_size) |
 | byte      | always                                                                           |
 
-``max_patch_length`` m then splits every long patch into m, m, ..., rest from its start (§3.4),
+Entropies are rounded to float16 first when the rule says so (``entropies_fp16``), as ``Patcher``
+does. ``max_patch_length`` m then splits every long patch into m, m, ..., rest from its start (§3.4),
 the same as also starting a patch whenever the open patch already holds m bytes. Tests check
 these decisions against ``Patcher`` on random bytes and entropies.
 
@@ -46,7 +47,7 @@ class OnlineBoundaries:
 
     def __init__(self, rule: PatcherConfig, batch: int, device: torch.device):
         rule.check_ready()
-        self.rule = rule
+        self.rule = rule.filled()
         self.prev_h = torch.zeros(batch, device=device)  # H_{n-1}
         self.prev_space = torch.zeros(batch, dtype=torch.bool, device=device)  # byte n-1 space-like
         self.nat_start = torch.zeros(batch, dtype=torch.int64, device=device)  # open patch's start before splits
@@ -77,6 +78,8 @@ class OnlineBoundaries:
             if entropies is None:
                 raise ValueError(f"{r.scheme} patching needs the entropy of every byte")
             h = entropies.float()
+            if r.entropies_fp16:  # as Patcher rounds them (PatcherConfig.entropies_fp16)
+                h = h.half().float()
             prev = torch.cat([self.prev_h[:, None], h[:, :-1]], dim=1)  # H_{n-1}
             if r.scheme == "entropy" and r.threshold_add is None:
                 nat = h > r.threshold

@@ -119,7 +119,11 @@ def blt_to_hf(src: str | os.PathLike, out: str | os.PathLike, allow_semantic_cha
     model = ByteLatentTransformer.from_pretrained(model_dir)
     cfg = model.config
     report = ConversionReport(out=Path(out), config_lines=_summary(cfg))
-    patcher = dict(meta.patcher) if meta is not None else {}
+    patcher = {}
+    if meta is not None and meta.patcher is not None:
+        from .. import config as cfgio
+
+        patcher = {k: v for k, v in cfgio.to_dict(meta.patcher).items() if v is not None}
     hfmap.check_hf_blockers(cfg)
     changes = hfmap.hf_semantic_changes(cfg)
     patcher_config, patcher_state = None, {}
@@ -176,7 +180,9 @@ def reference_to_bundle(src: str | os.PathLike, out: str | os.PathLike, entropy_
             report.notes.append(f"the entropy model in {em_dir} was not converted: {why}")
     elif entropy_args is not None:
         report.notes.append("params.json describes an entropy model but no entropy_model/ directory was given")
-    patcher = ref.reference_patcher_settings(model_args, patcher_args, ENTROPY_SUBDIR if entropy_model is not None else None)
+    patcher, patcher_notes = ref.reference_patcher_settings(model_args, patcher_args,
+                                                            ENTROPY_SUBDIR if entropy_model is not None else None)
+    report.notes.extend(patcher_notes)
     with staged_output(out, force) as tmp:
         save_bundle(tmp, model, "blt", patcher=patcher, entropy_model=entropy_model)
     return report

@@ -193,7 +193,8 @@ def hf_patcher_settings(hfc: Any, entropy_subdir: Optional[str]) -> dict:
     every byte is a patch (§11.3.2).
     """
     if hfc.patch_in_forward and hfc.patching_mode == "entropy" and hfc.patch_size is not None:
-        out: dict[str, Any] = {"scheme": "entropy", "threshold": float(hfc.patching_threshold)}
+        # HF thresholds the entropies its patcher computes, unrounded.
+        out: dict[str, Any] = {"scheme": "entropy", "threshold": float(hfc.patching_threshold), "entropies_fp16": False}
         if hfc.max_patch_length is not None:
             out["max_patch_length"] = int(hfc.max_patch_length)
         if entropy_subdir:

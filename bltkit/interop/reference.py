@@ -34,6 +34,7 @@ import torch
 from ..model.config import BLTConfig, CrossAttentionConfig, HashEmbeddingConfig
 from ..nn.stack import StackConfig
 from ..nn.ffn import ffn_hidden_dim
+from ..patching.config import PatcherConfig
 
 PARAMS_FILE = "params.json"
 WEIGHTS_FILE = "consolidated.pth"
@@ -216,30 +217,35 @@ def reference_config_to_blt(m: dict, source: str = PARAMS_FILE) -> tuple[BLTConf
     return cfg, notes
 
 
-def reference_patcher_settings(model_args: dict, patcher_args: dict, entropy_subdir: Optional[str]) -> dict:
-    """Bundle patcher settings from ``data.patcher_args`` (else the model's ``patching_*`` fields)."""
-    mode = patcher_args.get("patching_mode", model_args.get("patching_mode")) or "entropy"
+def reference_patcher_settings(model_args: dict, patcher_args: dict, entropy_subdir: Optional[str]) -> tuple[PatcherConfig, list[str]]:
+    """(bundle patcher settings, notes) from ``data.patcher_args`` (else the model's ``patching_*``
+    fields). The reference thresholds the entropies its model computes at inference, unrounded; its
+    ``monotonicity: true`` is bltkit's ``monotonic`` scheme with the same (relative) threshold, and
+    wins over ``threshold_add`` as in the reference's patcher (docs/patching.md, "The schemes")."""
+    def get(key: str, model_key: Optional[str] = None):
+        return patcher_args.get(key, model_args.get(model_key or key))
+
+    notes: list[str] = []
+    mode = get("patching_mode") or "entropy"
     if mode == "entropy":
-        threshold = patcher_args.get("threshold", model_args.get("patching_threshold"))
-        out: dict[str, Any] = {"scheme": "entropy",
-                               "threshold": float(threshold if threshold is not None else REFERENCE_DEFAULT_THRESHOLD)}
-        add = patcher_args.get("threshold_add", model_args.get("patching_threshold_add"))
-        if add is not None:
-            out["threshold_add"] = float(add)
-        if patcher_args.get("monotonicity", model_args.get("monotonicity", False)):
-            out["monotonicity"] = True
-        mpl = patcher_args.get("max_patch_length", model_args.get("max_patch_length"))
-        if mpl is not None:
-            out["max_patch_length"] = int(mpl)
-        if entropy_subdir:
-            out["entropy_model"] = entropy_subdir
-        return out
-    if mode == "space":
-        return {"scheme": "space"}
+        threshold = get("threshold", "patching_threshold")
+        threshold = float(threshold if threshold is not None else REFERENCE_DEFAULT_THRESHOLD)
+        add = get("threshold_add", "patching_threshold_add")
+        mpl = get("max_patch_length")
+        common = dict(threshold=threshold, max_patch_length=None if mpl is None else int(mpl), entropies_fp16=False,
+                      entropy_model=entropy_subdir)
+        if get("monotonicity"):
+            if add is not None:
+                notes.append(f"patcher threshold_add {add} is unused with monotonicity (as in the reference): "
+                             "the bundle patches by the relative threshold alone")
+            return PatcherConfig(scheme="monotonic", **common), notes
+        return PatcherConfig(scheme="entropy", threshold_add=None if add is None else float(add), **common), notes
+    if mode in ("space", "byte"):
+        return PatcherConfig(scheme=mode), notes
     if mode == "static":
-        size = patcher_args.get("patch_size", model_args.get("patch_size")) or 4
-        return {"scheme": "static", "patch_size": int(math.ceil(float(size)))}
-    return {"scheme": str(mode)}  # recorded as found; bltkit's patchers will say if they lack it
+        size = get("patch_size") or 4
+        return PatcherConfig(scheme="static", patch_size=int(math.ceil(float(size)))), notes
+    raise ValueError(f"patching_mode {mode!r} has no bltkit patcher (bltkit has entropy, static, space and byte)")
 
 
 def load_reference_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -288,4 +294,7 @@ def reference_state_to_blt(state: dict[str, torch.Tensor], cfg: BLTConfig, sourc
     if n:
         out["encoder_hash_tok_embedding.weight"] = torch.cat([tables[i] for i in range(n)], dim=0)
         origin["encoder_hash_tok_embedding.weight"] = f"{HASH_PREFIX}{{0..{n - 1}}}.weight"
+    else:  # the reference has no hash module then; bltkit's fused table is simply empty
+        out["encoder_hash_tok_embedding.weight"] = torch.zeros(0, dim)
+        origin["encoder_hash_tok_embedding.weight"] = "(no hash tables)"
     return out, origin

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.vocab import check_ids, encode_tensor
 from .boundaries import lengths_from_starts, split_long, start_mask
-from .config import PatcherConfig
+from .config import PatcherConfig, resolve_patcher
 
 Inputs = Union[str, bytes, torch.Tensor, Sequence]
 
@@ -88,36 +88,43 @@ class Patcher:
 
     ``scorer``: module giving next-byte logits (needed by entropy/monotonic unless scores are
     passed). ``precision``, ``chunk_len``, ``batch_size`` go to ``compute_entropies``.
-    Keyword overrides set ``PatcherConfig`` fields: ``Patcher(scheme="static", patch_size=6)``.
+    Keyword overrides set ``PatcherConfig`` fields: ``Patcher(scheme="static", patch_size=6)``;
+    the settings are ``resolve_patcher(config, overrides=...)``'s, unset values at their defaults.
     """
 
     def __init__(self, config: Optional[PatcherConfig] = None, *, scorer: Optional[nn.Module] = None,
                  precision: str = "auto", chunk_len: Optional[int] = None, batch_size: int = 16, **overrides):
-        cfg = config or PatcherConfig()
         names = {f.name for f in fields(PatcherConfig)}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"unknown patcher settings {unknown}; known: {sorted(names)}")
-        self.config = replace(cfg, **overrides)
-        self.config.validate()
+        cfg = replace(config or PatcherConfig(), **overrides)
+        cfg.validate()
+        self.config = cfg.filled()
         self.scorer = scorer
         self.precision, self.chunk_len, self.batch_size = precision, chunk_len, batch_size
 
     @classmethod
+    def from_config(cls, config: PatcherConfig, device=None, **kwargs) -> "Patcher":
+        """A patcher for resolved settings (``resolve_patcher``), its entropy model loaded when the
+        scheme needs one (or when one is named, for showing entropies)."""
+        scorer = None
+        if config.entropy_model is not None:
+            from entropy_model.model import EntropyModel
+
+            scorer = EntropyModel.from_pretrained(config.entropy_model, device=device)
+        return cls(config, scorer=scorer, **kwargs)
+
+    @classmethod
     def from_entropy_model(cls, directory: str | os.PathLike, device=None, **overrides) -> "Patcher":
         """Entropy model and calibrated settings (``patcher.yaml``) from one directory; keyword
-        overrides win over the file."""
-        from entropy_model.model import EntropyModel
-
-        from .config import load_patcher_settings
-
-        scorer = EntropyModel.from_pretrained(directory, device=device)
-        cfg = load_patcher_settings(directory) or PatcherConfig()
+        overrides win over the file (``resolve_patcher``)."""
         passthrough = {k: overrides.pop(k) for k in ("precision", "chunk_len", "batch_size") if k in overrides}
-        return cls(replace(cfg, entropy_model=str(directory)), scorer=scorer, **passthrough, **overrides)
+        cfg = resolve_patcher(entropy_model=directory, overrides=overrides, ready=False)
+        return cls.from_config(cfg, device=device, **passthrough)
 
     def entropies(self, rows: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-row entropies (nats) of ``rows`` under the scorer."""
+        """Per-row entropies (nats) of ``rows`` under the scorer, as computed (not rounded)."""
         if self.scorer is None:
             raise ValueError(f"scheme {self.config.scheme!r} needs entropies: give the patcher a scorer "
                              "(an entropy model) or pass precomputed scores")
@@ -127,6 +134,9 @@ class Patcher:
                                  batch_size=self.batch_size)
 
     def __call__(self, inputs: Inputs, include_next_token: bool = True, scores=None) -> PatchResult:
+        """Patch lengths of ``inputs``; ``scores`` (entropies, (B, T) or one a row) instead of the
+        scorer's. ``result.scores`` are the entropies thresholded (float16-rounded when
+        ``entropies_fp16``)."""
         cfg = self.config
         cfg.check_ready()
         rows = to_rows(inputs)
@@ -137,6 +147,8 @@ class Patcher:
         flat = None
         if cfg.needs_scores:
             flat = _flat_scores(scores if scores is not None else self.entropies(rows), rows)
+            if cfg.entropies_fp16:
+                flat = flat.half().float()
         row, _, start = start_mask(cfg.scheme, lengths, int(include_next_token), scores=flat, ids=flat_ids,
                                    threshold=cfg.threshold, threshold_add=cfg.threshold_add,
                                    patch_size=cfg.patch_size)

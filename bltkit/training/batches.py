@@ -17,14 +17,14 @@ step, and any world size sees the same global batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from ..data.vocab import encode_tensor
 from ..patching.lengths import pad_rows, trim_zero_columns
 
-PatchFn = Callable[[torch.Tensor], torch.Tensor]  # document ids (T,) -> lengths (P,) summing to T
+from ..patching.documents import DocumentPatcher as PatchFn  # document ids (T,) -> lengths (P,) summing to T
 
 
 # ---- packing --------------------------------------------------------------------------------------
@@ -74,22 +74,16 @@ def pack_rows(docs: list[bytes], seq_len: int, patch_fn: Optional[PatchFn] = Non
 
 
 def _patch_documents(enc: list[torch.Tensor], patch_fn: PatchFn, where: str, group: int = 64) -> list[torch.Tensor]:
-    """Patch lengths of every document, with a progress bar when there are many (entropy patching
-    runs a model over every byte). A batched form ``patch_fn.batch(docs)`` is used when it exists,
-    given the documents' names too (for its errors) when it sets ``names_documents``."""
+    """Patch lengths of every document, ``group`` documents a scorer pass, with a progress bar
+    when there are many (entropy patching runs a model over every byte)."""
     from tqdm import tqdm
 
-    many = getattr(patch_fn, "batch", None)
-    named = bool(getattr(patch_fn, "names_documents", False))
     out: list[torch.Tensor] = []
     with tqdm(total=sum(int(e.numel()) for e in enc), desc=f"patching {where}", unit="B", unit_scale=True,
               disable=len(enc) < 2 * group, leave=False) as bar:
         for i in range(0, len(enc), group):
             part = enc[i:i + group]
-            if callable(many) and named:
-                out.extend(many(part, [f"{where}: document {i + j}" for j in range(len(part))]))
-            else:
-                out.extend(many(part) if callable(many) else [patch_fn(e) for e in part])
+            out.extend(patch_fn.lengths(part, [f"{where}: document {i + j}" for j in range(len(part))]))
             bar.update(sum(int(e.numel()) for e in part))
     return out
 

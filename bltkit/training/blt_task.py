@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
-from ..bundle import save_bundle
+from ..bundle import ENTROPY_SUBDIR, save_bundle
 from ..model.blt import ByteLatentTransformer, load_blt_config
 from ..model.config import BLTConfig
 from .batches import PatchFn
 from .config import TrainConfig
-from .flops import blt_forward_flops, training_flops
+from .flops import blt_forward_flops, lm_forward_flops, training_flops
 from .packed_task import PackedDataTask
-from .patch_source import bundle_patcher_settings, make_patch_fn
+from .patch_source import make_patch_fn
 from .task import instantiate_with_state, masked_nats
 
 
@@ -33,9 +33,7 @@ class BLTTask(PackedDataTask):
         super().__init__(cfg, config_dir)
         self.model_cfg: BLTConfig = load_blt_config(self._model_path(cfg.model), cfg.model_overrides)
         self._patch_fn = make_patch_fn(cfg.patcher, config_dir)  # fails early on bad settings
-        check = getattr(self._patch_fn, "check_sources", None)
-        if check is not None:  # precomputed entropies must cover every source the run patches
-            check(self.patched_sources())
+        self._patch_fn.check_sources(self.patched_sources())  # precomputed entropies must cover them
 
     def _model_path(self, name: str) -> str:
         p = Path(name)
@@ -65,9 +63,16 @@ class BLTTask(PackedDataTask):
         return training_flops(sum(blt_forward_flops(self.model_cfg, batch["ids"], batch["patch_lengths"]).values()))
 
     def extra_flops_per_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        if getattr(self._patch_fn, "model_dir", None) is None:  # no entropy model, no patching cost
+        em = self._patch_fn.entropy_model_dir
+        if em is None:  # no entropy model, no patching cost
             return {}
-        return {"entropy_flops": int(self._patch_fn.flops(batch["ids"]))}  # once a byte, forward only
+        if getattr(self, "_em_config", None) is None:
+            from entropy_model.model import CONFIG_FILE, EntropyModelConfig
+
+            self._em_config = cfgio.from_dict(EntropyModelConfig, cfgio.read_yaml(em / CONFIG_FILE), source=str(em))
+        c = self._em_config  # the entropy model's forward, once a byte (paid offline when precomputed)
+        return {"entropy_flops": int(lm_forward_flops(batch["ids"], c.dim, c.n_layers, c.n_heads, c.n_kv_heads,
+                                                      c.head_dim, c.hidden, c.vocab_size, c.window, c.doc_reset))}
 
     def n_patches(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["patch_lengths"] > 0).sum())
@@ -80,14 +85,10 @@ class BLTTask(PackedDataTask):
         return instantiate_with_state(ByteLatentTransformer, self.model_cfg, state)
 
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
-        patcher = bundle_patcher_settings(self.cfg.patcher)  # no training-only keys (precomputed...)
-        em = None
-        if patcher.get("scheme") == "entropy":
-            em = getattr(self._patch_fn, "model_dir", None) or patcher["entropy_model"]
-            patcher["entropy_model"] = "entropy_model"  # inside the bundle
-            inner = getattr(getattr(self._patch_fn, "patcher", None), "config", None)
-            if inner is not None and getattr(inner, "threshold", None) is not None:
-                patcher["threshold"] = inner.threshold  # the one used, maybe from patcher.yaml
+        # The settings the run used, resolved (a calibrated threshold included), so the bundle
+        # patches as training did without reading anything else.
+        em = self._patch_fn.entropy_model_dir
+        patcher = self._patch_fn.config.for_bundle(ENTROPY_SUBDIR if em is not None else None)
         save_bundle(out_dir, model, "blt", patcher=patcher, entropy_model=em)
 
 

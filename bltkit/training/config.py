@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from .. import config as cfgio
+from ..patching.config import PatcherConfig
 
 
 @dataclass
@@ -94,7 +95,9 @@ class TrainConfig:
     kind: Literal["blt", "entropy", "bytelm"] = "blt"
     model: str = "tiny"
     model_overrides: list[str] = field(default_factory=list)
-    patcher: dict[str, Any] = field(default_factory=lambda: {"scheme": "static", "patch_size": 4})
+    # BLT only: the patching scheme and its settings; unset values come from the entropy model's
+    # calibrated patcher.yaml (bltkit.patching.resolve_patcher), else their defaults.
+    patcher: PatcherConfig = field(default_factory=lambda: PatcherConfig(scheme="static", patch_size=4))
     task: dict[str, Any] = field(default_factory=dict)  # kind-specific settings (read by the task)
     data: DataConfig = field(default_factory=DataConfig)
     # The data pipeline's streaming loader instead of in-memory rows: a ``bltkit.data.loader.DataConfig``

@@ -105,9 +105,7 @@ class PackedDataTask(Task):
         if self.cfg.stream is not None:
             from ..data.loader import DataLoader
 
-            fn = self.patch_fn()
-            keyed = getattr(fn, "keyed", None)  # names the source and document in its errors
-            return DataLoader(self._stream_config(), None if keyed else fn, keyed_patch_fn=keyed, rank=rank,
+            return DataLoader(self._stream_config(), keyed_patch_fn=self._keyed(), rank=rank,
                               world_size=world_size)
         d = self.cfg.data
         return StepBatches(self._rows()[0], d.batch_size, rank, world_size, seed=self.cfg.seed, shuffle=d.shuffle)
@@ -118,11 +116,16 @@ class PackedDataTask(Task):
             from ..data.loader import heldout_batches
 
             sc = self._stream_config()
-            fn = self.patch_fn()
-            keyed = getattr(fn, "keyed", None)
-            return heldout_batches(sc, None if keyed else fn, keyed_patch_fn=keyed,
+            return heldout_batches(sc, keyed_patch_fn=self._keyed(),
                                    max_batches=-(-d.eval_rows // sc.batch_size))
         return eval_batches(self._rows()[1], d.eval_rows, d.batch_size)
+
+    def _keyed(self):
+        """The streaming loader's patch function; its errors name the source and document."""
+        fn = self.patch_fn()
+        if fn is None:
+            return None
+        return lambda ids, key: fn(ids, f"source {key.source!r} document {key.index}")
 
     def _stream_config(self):
         """The run's ``stream:`` mapping as the data pipeline's ``DataConfig`` (seeded by the run)."""
