@@ -56,17 +56,20 @@ def default_chunk_len(scorer: nn.Module, device: torch.device) -> Optional[int]:
     """Chunk length for streaming, or None to run whole rows (no ``receptive_field``).
 
     A chunk keeps ``chunk - receptive_field`` outputs, so chunks are a few receptive fields long.
-    Dense (CPU) attention costs chunk² a layer: there, a receptive field plus at least 1024 kept
-    positions. FlexAttention (CUDA) skips masked blocks: at least ``max_seqlen`` and 4 receptive
-    fields (paper model: 14 x 511 = 7154 back, 28616-position chunks, 75% kept).
+    Windowed attention (blocked SDPA, or FlexAttention's block-sparse kernel) costs the window,
+    so a longer chunk only wastes less overlap: at least ``max_seqlen`` and 4 receptive fields
+    (paper model: 14 x 511 = 7154 back, 28616-position chunks, 75% kept). The dense-mask path
+    kept for reference (a scorer whose ``config.local_attention`` is ``"dense"``) costs chunk² a
+    layer off CUDA: there, a receptive field plus at least 1024 kept positions.
     """
     rf = getattr(scorer, "receptive_field", None)
     if rf is None:
         return None
     rf = int(rf)
-    if device.type == "cuda":
-        return max(int(getattr(scorer, "max_seqlen", 8192)), 4 * rf)
-    return rf + max(1024, rf)
+    dense = getattr(getattr(scorer, "config", None), "local_attention", None) == "dense"
+    if dense and device.type != "cuda":
+        return rf + max(1024, rf)
+    return max(int(getattr(scorer, "max_seqlen", 8192)), 4 * rf)
 
 
 def _pieces(length: int, chunk: Optional[int], context: int) -> list[tuple[int, int, int]]:

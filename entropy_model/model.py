@@ -34,7 +34,7 @@ from bltkit import config as cfgio
 from bltkit.data.vocab import EOS_ID, VOCAB_SIZE, check_ids
 from bltkit.nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
 from bltkit.nn.kv_cache import StackCache
-from bltkit.nn.masks import document_ids, local_causal_block_mask, local_causal_mask
+from bltkit.nn.masks import LocalAttention, document_ids, local_self_mask
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -55,6 +55,9 @@ class EntropyModelConfig(StackConfig):
     vocab_size: int = VOCAB_SIZE
     max_seqlen: int = 8192  # the reference's training row length; entropies.py chunks rows near it
     attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
+    # blocked: attention costs the window (queries in blocks, each seeing only the keys its window
+    # reaches); dense: the T x T mask, the reference to check and measure against (bltkit.nn.masks).
+    local_attention: LocalAttention = "blocked"
 
     def validate(self) -> None:
         super().validate()
@@ -123,10 +126,7 @@ class EntropyModel(nn.Module):
         pos = torch.arange(t, device=ids.device)  # absolute positions in the row, never reset
         rope = rope_angles(pos, cfg.head_dim, cfg.rope_theta)  # cos, sin: (T, hd/2)
         doc = document_ids(ids) if cfg.doc_reset else torch.zeros_like(ids, dtype=torch.int32)  # (B, T)
-        if impl == "flex":
-            mask = local_causal_block_mask(doc, cfg.window, cfg.doc_reset)
-        else:
-            mask = local_causal_mask(doc, doc, pos, pos, cfg.window, cfg.doc_reset)  # (B, 1, T, T)
+        mask = local_self_mask(doc, cfg.window, cfg.doc_reset, impl, cfg.local_attention)  # shared by every layer
         h = self.tok_embeddings(ids)  # (B, T, D)
         for layer in self.layers:
             h = layer(h, rope, mask)

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 
 from ..data.vocab import VOCAB_SIZE
 from ..nn.stack import StackConfig
+from ..nn.masks import LocalAttention
 
 
 @dataclass
@@ -89,6 +90,9 @@ class BLTConfig:
     decoder: StackConfig = field(default_factory=lambda: _local_stack(2))
     cross_attn: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
     attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
+    # Byte-level self-attention: "blocked" costs the window on every path; "dense" is the N x N
+    # mask, the reference kept to check and measure against (bltkit.nn.masks).
+    local_attention: LocalAttention = "blocked"
     init_seed: int = 42
 
     def validate(self) -> None:

@@ -8,8 +8,10 @@
 | global         | patches P   | patches P   | causal; block_causal also resets after EOS patches    |
 | decoder cross  | bytes N     | P*k patch   | ``dpid[q] == s // k`` (the patch before the target's) |
 
-``form="dense"`` gives boolean tensors for SDPA (the reference path); ``form="flex"`` gives
-FlexAttention BlockMasks whose ``mask_mod`` reads the id vectors, so no (N x P) tensor exists.
+``form="dense"`` gives boolean tensors for SDPA (the reference path), except the local masks,
+which follow ``cfg.local_attention`` (``blocked``: O(N x window), ``bltkit.nn.masks``);
+``form="flex"`` gives FlexAttention BlockMasks whose ``mask_mod`` reads the id vectors, so no
+(N x P) tensor exists.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from ..data.vocab import EOS_ID
-from ..nn.masks import document_ids, local_causal_block_mask, local_causal_mask
+from ..nn.masks import document_ids, local_causal_mask, local_self_mask
 from ..patching.lengths import decoder_patch_ids, patch_ids_from_lengths
 
 
@@ -67,31 +69,27 @@ def build_masks(ids: torch.Tensor, patch_lengths: torch.Tensor, cfg, form: str =
     dpid = decoder_patch_ids(patch_lengths, n)  # (B, N)
     doc = document_ids(ids)  # (B, N)
     pdoc = patch_document_ids(ids, pid, p) if cfg.global_model.doc_reset else None
+    if form not in ("dense", "flex"):
+        raise ValueError(f"unknown mask form {form!r}")
+    impl = "flex" if form == "flex" else "sdpa"
+    enc_local = local_self_mask(doc, cfg.encoder.window, cfg.encoder.doc_reset, impl, cfg.local_attention)
+    same = (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset)
+    dec_local = enc_local if same else \
+        local_self_mask(doc, cfg.decoder.window, cfg.decoder.doc_reset, impl, cfg.local_attention)
     if form == "dense":
-        pos = torch.arange(n, device=ids.device)
         ppos = torch.arange(p, device=ids.device)
-        enc_local = local_causal_mask(doc, doc, pos, pos, cfg.encoder.window, cfg.encoder.doc_reset)
-        if (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset):
-            dec_local = enc_local
-        else:
-            dec_local = local_causal_mask(doc, doc, pos, pos, cfg.decoder.window, cfg.decoder.doc_reset)
         enc_cross = encoder_cross_mask(pid, p, k)  # (B, 1, P*k, N)
         dec_cross = decoder_cross_mask(dpid, p, k)  # (B, 1, N, P*k)
         zdoc = pdoc if pdoc is not None else torch.zeros(b, p, dtype=torch.int32, device=ids.device)
         glob = local_causal_mask(zdoc, zdoc, ppos, ppos, None, pdoc is not None)  # (B, 1, P, P)
         return BLTMasks(enc_local, dec_local, enc_cross, glob, dec_cross, pid, dpid)
-    if form == "flex":
-        return _flex_masks(b, n, p, k, doc, pid, dpid, pdoc, cfg)
-    raise ValueError(f"unknown mask form {form!r}")
+    return _flex_masks(b, n, p, k, pid, dpid, pdoc, enc_local, dec_local)
 
 
-def _flex_masks(b, n, p, k, doc, pid, dpid, pdoc, cfg) -> BLTMasks:
+def _flex_masks(b, n, p, k, pid, dpid, pdoc, enc_local, dec_local) -> BLTMasks:
     from torch.nn.attention.flex_attention import create_block_mask
 
-    dev = doc.device
-    enc_local = local_causal_block_mask(doc, cfg.encoder.window, cfg.encoder.doc_reset)
-    same = (cfg.decoder.window, cfg.decoder.doc_reset) == (cfg.encoder.window, cfg.encoder.doc_reset)
-    dec_local = enc_local if same else local_causal_block_mask(doc, cfg.decoder.window, cfg.decoder.doc_reset)
+    dev = pid.device
 
     def enc_cross_mod(bi, h, q, s):
         return pid[bi, s] == q // k

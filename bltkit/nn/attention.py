@@ -1,11 +1,13 @@
 """Attention layers. Axes: B batch, H heads, T query positions, S key positions, hd head dim.
 
-Two interchangeable mask forms reach ``attend``:
+Three interchangeable mask forms reach ``attend`` (built in ``masks.py``):
 - a boolean tensor broadcastable to (B, H, T, S), True = may attend: the reference path, runs
   anywhere through ``scaled_dot_product_attention``;
+- a ``LocalWindowMask``: sliding-window self-attention as blocks of queries, each attending to
+  the keys its window can reach, through SDPA on any device, costing T x (block + window);
 - a FlexAttention ``BlockMask`` built from patch/document ids: the fast CUDA path, with no dense
   bytes x patches tensor.
-Both give the same values (tests/test_model_paths.py).
+All give the same values (tests/test_model_paths.py, tests/test_attention.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from .init import trunc_normal_
+from .masks import LocalWindowMask
 from .norm import RMSNorm
 from .rope import apply_rope
 
@@ -62,7 +65,36 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) 
         rep = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
+    if isinstance(mask, LocalWindowMask):
+        return _windowed(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _windowed(q, k, v, m: LocalWindowMask, scale: float) -> torch.Tensor:
+    """Sliding-window self-attention in blocks (see ``LocalWindowMask``). Axes: n query blocks
+    of size c, L = c + window - 1 keys a block. q, k, v (B, H, T, hd) -> (B, H, T, hd).
+
+    Row by row, the blocks' keys are an ``unfold`` view of the padded keys (overlapping windows,
+    no copy: copying them would write L / c times the keys), the blocks taking SDPA's head axis
+    and the heads its batch axis, with one mask broadcast over the heads."""
+    b, h, t, d = q.shape
+    if k.shape[2] != t or t != m.length:
+        raise ValueError(f"a LocalWindowMask over {m.length} positions needs full-sequence self-attention, "
+                         f"got {t} queries and {k.shape[2]} keys")
+    n, c, span = m.n_blocks, m.block, m.span
+    pad = n * c - t
+    if pad:
+        q = F.pad(q, (0, 0, 0, pad))  # (B, H, n*c, hd)
+    k = F.pad(k, (0, 0, m.window - 1, pad))  # (B, H, window-1 + n*c, hd): padding before 0 and past T
+    v = F.pad(v, (0, 0, m.window - 1, pad))
+    bias = m.bias(q.dtype)  # (B, n, c, L)
+    out = q.new_empty(b, h, n * c, d)
+    for r in range(b):
+        qb = q[r].view(h, n, c, d)
+        kb = k[r].unfold(1, span, c).transpose(-1, -2)  # (H, n, L, hd), a view
+        vb = v[r].unfold(1, span, c).transpose(-1, -2)
+        out[r] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias[r:r + 1], scale=scale).view(h, n * c, d)
+    return out[:, :, :t]
 
 
 class KVCacheLike(Protocol):
