@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("bltkit.commands.compare", "train patching variants at matched compute and compare them"),
     "generate": ("bltkit.commands.generate", "generate text from a bundle"),
     "score": ("bltkit.commands.score", "bits per byte and per-byte surprisal of text under a bundle"),
+    "eval": ("bltkit.commands.eval", "held-out bits per byte of data sources; downstream tasks through lm-evaluation-harness"),
     "convert": ("bltkit.commands.convert", "convert checkpoints between bltkit, Hugging Face and the reference format"),
     "bench": ("bltkit.commands.bench", "benchmark training step, entropy patching and generation"),
 }

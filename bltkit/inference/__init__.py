@@ -4,5 +4,6 @@
 around the models' own cached forwards (``model(ids, cache=...)``; the caches live with the
 models, ``bltkit.nn.kv_cache`` and ``bltkit.model.cache``); ``boundaries.py`` patch boundaries
 byte by byte; ``recompute.py`` the uncached reference loop (tests and bench); ``sampling.py``;
-``bench.py`` the generation benchmark hook.
+``scoring.py`` batched, windowed log-probabilities (``Handle.score``, ``bltkit eval``); ``bench.py``
+the generation benchmark hook.
 """

@@ -24,7 +24,6 @@ lengths; prompts are never truncated silently.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
 from .sampling import SamplingParams
+from .scoring import LN2, forward_rows, gather_targets
 from .speculative import SpeculativeStepper, check_draft_length
 from .stepper import CachedStepper
 
@@ -195,17 +195,10 @@ class Handle:
         ids = encode(data, bos=True, eos=eos)
         if len(ids) > self.max_context:
             raise ValueError(f"text of {len(data)} bytes is over max_context {self.max_context}")
-        x = torch.tensor([ids[:-1]], dtype=torch.int64, device=self.device)  # (1, N)
-        y = torch.tensor(ids[1:], dtype=torch.int64, device=self.device)  # (N,)
-        pl = None
-        if self.kind == "blt":
-            pl = self._patcher()(x.cpu(), include_next_token=True).patch_lengths.to(self.device)  # Σ = N + 1
-            logits = self.model(x, pl)[0]
-        else:
-            logits = self.model(x)[0]
-        nats = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")  # (N,)
-        bits = (nats / math.log(2)).tolist()
-        return Score(sum(bits) / len(bits), bits, data, pl[0].tolist() if pl is not None else None)
+        logprobs, patches = forward_rows(self, [ids[:-1]])
+        nats, _ = gather_targets(logprobs[0], ids[1:])
+        bits = (nats / LN2).tolist()
+        return Score(sum(bits) / len(bits), bits, data, patches[0] if patches else None)
 
     @torch.no_grad()
     def patch(self, text: Prompt) -> Patches:
