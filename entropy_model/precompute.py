@@ -118,8 +118,18 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
 
     ``max_new_shards`` stops after that many newly computed shards (an interruption, for tests
     and for spreading work over jobs). The returned index has ``computed`` (shards computed by
-    this call) and ``finished`` (all documents done).
+    this call) and ``finished`` (all documents done). ``out_dir`` is locked while this writes
+    (``bltkit.rundir``): a second precompute into it fails at once, naming the first's pid.
     """
+    from bltkit.rundir import locked
+
+    with locked(out_dir):
+        return _precompute(entropy_model_dir, data, Path(out_dir), shard_docs, limit_bytes, threshold,
+                           max_new_shards, device, batch_size, log)
+
+
+def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, threshold, max_new_shards, device,
+                batch_size, log) -> dict:
     from safetensors.torch import save_file
 
     from bltkit.patching.config import PatcherConfig, load_patcher_settings, resolve_patcher
@@ -135,8 +145,6 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
         raise ValueError("no data sources given")
     em = model_dir(entropy_model_dir)  # a run or bundle directory: its model/
     model = EntropyModel.from_pretrained(em, device=device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"format": FORMAT_VERSION, "data": [str(d) for d in data], "shard_docs": shard_docs,
                 "limit_bytes": limit_bytes, "entropy_model": str(em.resolve()),
                 "weights": _fingerprint_file(em / WEIGHTS_FILE)}

@@ -304,7 +304,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
             raise OSError("No space left on device")
 
     monkeypatch.setattr(ckpt, "_fault_hook", fail_second)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ckpt.CheckpointWriteError, match="No space left"):
         train(_cfg(tmp_path, steps=6, checkpoint_every=2), tmp_path / "run")
     monkeypatch.setattr(ckpt, "_fault_hook", None)
     found = ckpt.list_checkpoints(tmp_path / "run")

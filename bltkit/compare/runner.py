@@ -139,16 +139,23 @@ def _set_values(patcher) -> dict:
 
 def run_compare(cfg: CompareConfig, out_dir: str | Path, source: str = "config", config_dir: Optional[Path] = None,
                 only: Optional[list[str]] = None) -> list[VariantResult]:
-    """Train the (selected) variants into ``out_dir`` and write the results (report.py)."""
+    """Train the (selected) variants into ``out_dir`` and write the results (report.py).
+    ``out_dir`` is locked meanwhile (``bltkit.rundir``): a second comparison there fails at once."""
+    from ..rundir import locked
+
+    with locked(out_dir) as out:
+        return _run_compare(cfg, out, source, config_dir, only)
+
+
+def _run_compare(cfg: CompareConfig, out: Path, source: str, config_dir: Optional[Path],
+                 only: Optional[list[str]]) -> list[VariantResult]:
     from .entropy import EntropyPatching
     from .report import write_report
 
     variants = cfg.select(only)
-    out = Path(out_dir)
     taken = [str(out / v.name) for v in variants if (out / v.name).exists() and any((out / v.name).iterdir())]
     if taken:
         raise ValueError(f"{taken[0]} already exists and is not empty: choose another --out, or --only other variants")
-    out.mkdir(parents=True, exist_ok=True)
     entropy = EntropyPatching(cfg, out, source, config_dir)
     results: list[VariantResult] = []
     for v in variants:

@@ -9,10 +9,11 @@
       loader.safetensors       tensors inside the data loader's state (rows packed but not yet served)
       trainer.json             step, counters, loader state, param groups; written last
 
-A directory named ``step_*`` exists only after the rename, so it is complete: a kill or a full disk
-mid-write leaves at most a ``.tmp-step_*`` directory, which is ignored and cleared on the next
-write, and the previous checkpoint stays loadable. Nothing is pickled: tensors go to safetensors,
-everything else to JSON / YAML. The directory must be on a filesystem every rank sees.
+A directory named ``step_*`` exists only after the rename, so it is complete: a kill mid-write
+leaves at most a ``.tmp-step_*`` directory, which is ignored and cleared on the next write; a full
+disk removes it and stops the run with one line (``CheckpointWriteError``); either way the previous
+checkpoint stays loadable, and ``--resume`` passes over a damaged newest one to the newest intact.
+Nothing is pickled: tensors go to safetensors, everything else to JSON / YAML. The directory must be on a filesystem every rank sees.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.json"
 OPTIM_FILE = "optimizer.safetensors"
 MODEL_SUBDIR = "model"
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (disk full...); the message names the directory."""
+
 
 # Test hook: called with a stage name between writes ("model", "optimizer", "trainer").
 _fault_hook: Optional[Callable[[str], None]] = None
@@ -171,10 +176,30 @@ def write_checkpoint(
     rank: int = 0,
     barrier: Callable[[], None] = _noop,
 ) -> Path:
-    """Write checkpoint ``step`` atomically (rank 0 writes the shared files; every rank its RNG)."""
+    """Write checkpoint ``step`` atomically (rank 0 writes the shared files; every rank its RNG).
+
+    A failed write (a full disk, ``OSError``) removes the half-written ``.tmp-step_*`` directory
+    and raises ``CheckpointWriteError`` naming the directory and the error; the previous
+    checkpoints are untouched."""
     root = Path(out_dir) / CHECKPOINTS
-    final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
+    try:
+        return _write_checkpoint(root, tmp, step, run_config=run_config, model_config=model_config,
+                                 model_state=model_state, optim_state=optim_state, trainer_state=trainer_state,
+                                 keep=keep, rank=rank, barrier=barrier)
+    except OSError as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(out_dir)
+        kept = f"the last checkpoint, {prev}, is intact" if prev is not None else "there is no earlier checkpoint"
+        raise CheckpointWriteError(f"cannot write checkpoint {step_name(step)} in {root}: "
+                                   f"{e.strerror or e}; {kept}") from None
+
+
+def _write_checkpoint(root: Path, tmp: Path, step: int, *, run_config: dict, model_config: dict,
+                      model_state: Optional[dict[str, torch.Tensor]], optim_state: Optional[dict],
+                      trainer_state: dict, keep: int, rank: int, barrier: Callable[[], None]) -> Path:
+    final = root / step_name(step)
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -207,31 +232,49 @@ def write_checkpoint(
         if final.exists():  # a rerun of the same step replaces it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for _, old in list_checkpoints(out_dir)[:-keep]:
+        for _, old in list_checkpoints(root.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
 
 
+def _read_tensors(f: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint file {f} is unreadable ({e})") from None
+
+
+def _read_json(f: Path) -> Any:
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"checkpoint file {f} is unreadable ({e})") from None
+
+
 def read_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
-    """Everything a resume needs from checkpoint directory ``path``; errors name the file."""
+    """Everything a resume needs from checkpoint directory ``path``. A missing file raises
+    ``FileNotFoundError`` and a damaged one (truncated, not safetensors / JSON) ``ValueError``,
+    each naming the file."""
     d = Path(path)
     trainer_file = d / TRAINER_FILE
     if not trainer_file.is_file():
         raise FileNotFoundError(f"{d} is not a complete checkpoint: {trainer_file} is missing")
-    trainer = json.loads(trainer_file.read_text())
+    trainer = _read_json(trainer_file)
     model_file = d / MODEL_SUBDIR / "model.safetensors"
     optim_file = d / OPTIM_FILE
     for f in (model_file, optim_file):
         if not f.is_file():
             raise FileNotFoundError(f"checkpoint file missing: {f}")
-    model_state = load_file(str(model_file))
-    optim_state = unflatten_optimizer_state(load_file(str(optim_file)), trainer.pop("optimizer"))
+    model_state = _read_tensors(model_file)
+    optim_state = unflatten_optimizer_state(_read_tensors(optim_file), trainer.pop("optimizer"))
     loader_file = d / "loader.safetensors"
-    trainer["loader"] = join_tensors(trainer.get("loader"), load_file(str(loader_file)) if loader_file.is_file() else {})
+    trainer["loader"] = join_tensors(trainer.get("loader"), _read_tensors(loader_file) if loader_file.is_file() else {})
     rng_file = d / f"rng_rank{rank}.safetensors"
     if not rng_file.is_file():  # resumed on more ranks than saved: fall back to rank 0's stream
         rng_file = d / "rng_rank0.safetensors"
-    rng_plain = json.loads(rng_file.with_suffix(".json").read_text())
+    rng_plain = _read_json(rng_file.with_suffix(".json"))
     return {"trainer": trainer, "model_state": model_state, "optim_state": optim_state,
-            "rng": (load_file(str(rng_file)), rng_plain), "config": cfgio.read_yaml(d / "config.yaml")}
+            "rng": (_read_tensors(rng_file), rng_plain), "config": cfgio.read_yaml(d / "config.yaml")}

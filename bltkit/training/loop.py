@@ -88,14 +88,67 @@ def _load_state(model: nn.Module, optimizer, model_state: dict, optim_state: dic
     set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
 
 
-def _prepare_out(out: Path, resume: bool, env: DistEnv) -> Optional[Path]:
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None and not resume:
-        raise ValueError(f"{out} already holds checkpoints (newest {latest.name}); pass --resume to continue "
-                         f"it or choose another --out")
+# What a run writes into its directory: an existing one of these means the directory holds a run
+# (or a bundle), which a fresh run must not silently replace.
+RUN_OUTPUTS = ("bundle.yaml", "model", "entropy_model", ckpt.CHECKPOINTS, "metrics.jsonl", "config.yaml", "tensorboard")
+
+
+def _run_outputs(out: Path) -> list[str]:
+    return [name for name in RUN_OUTPUTS if (out / name).exists()]
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool, force: bool, env: DistEnv) -> Optional[tuple[Path, dict]]:
+    """Check what ``out`` already holds against ``resume`` / ``force``; the checkpoint to resume
+    from and its state (``None``: start at step 0).
+
+    Without ``resume`` a directory holding a run's outputs is refused unless ``force``, which
+    deletes those outputs (and nothing else) first. With ``resume`` the newest checkpoint that
+    reads back is used: an unreadable newer one is named on stderr and passed over; with no
+    checkpoint at all a directory holding a finished bundle is refused, an empty one starts at
+    step 0 (saying so); a checkpoint past ``cfg.steps`` is refused.
+    """
+    import shutil
+    import sys
+
+    if resume and force:
+        raise ValueError("--resume continues a run and --force starts it afresh: give one of them")
+    found = _run_outputs(out) if out.is_dir() else []
+    if not resume:
+        if found and not force:
+            latest = ckpt.latest_checkpoint(out)
+            what = f"checkpoints (newest {latest.name})" if latest is not None else ", ".join(found)
+            raise ValueError(f"{out} already holds a run ({what}); pass --resume to continue it, --force to "
+                             f"replace it, or choose another --out")
+        if found and env.is_main:
+            for name in found:
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        barrier(env)
+        return None
+    bad: list[str] = []
+    for step, d in reversed(ckpt.list_checkpoints(out)):
+        try:
+            state = ckpt.read_checkpoint(d, env.rank)
+        except (ValueError, OSError) as e:
+            bad.append(str(e))
+            if env.is_main:
+                print(f"warning: --resume: skipping checkpoint {d.name}: {e}", file=sys.stderr, flush=True)
+            continue
+        if step > cfg.steps:
+            raise ValueError(f"--resume: {d} is at step {step}, past steps={cfg.steps}; give steps >= {step} "
+                             f"(or --force to start afresh)")
+        if bad and env.is_main:
+            print(f"--resume: continuing from the newest intact checkpoint, {d.name}", file=sys.stderr, flush=True)
+        return d, state
+    if bad:
+        raise ValueError(f"--resume: no checkpoint in {out / ckpt.CHECKPOINTS} reads back ({'; '.join(bad)})")
+    bundle = [n for n in ("bundle.yaml", "model") if n in found]
+    if bundle:
+        raise ValueError(f"--resume: {out} holds a bundle ({', '.join(bundle)}) but no checkpoint to continue "
+                         f"from; pass --force to train it afresh, or choose another --out")
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    return latest if resume else None
+        print(f"--resume: no checkpoint in {out} yet; starting at step 0", file=sys.stderr, flush=True)
+    return None
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -130,27 +183,36 @@ def warn_config_changes(saved: dict, now: dict, checkpoint: Path) -> list[tuple[
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, config_dir: Optional[Path] = None,
-          stop_after: Optional[int] = None) -> TrainResult:
+          stop_after: Optional[int] = None, force: bool = False) -> TrainResult:
     """Run ``cfg`` into ``out_dir``. ``stop_after`` ends the session after that step (as a kill
-    would, but after the step's checkpoint if one is due): for tests and time-sliced jobs."""
+    would, but after the step's checkpoint if one is due): for tests and time-sliced jobs.
+    ``out_dir`` is locked for the run (``bltkit.rundir``): a second run there fails at once.
+    ``force`` replaces a finished or abandoned run in ``out_dir`` (see ``_prepare_out``)."""
+    from contextlib import nullcontext
+
+    from ..rundir import check_out_dir, locked
+
+    out = check_out_dir(out_dir)
     env = init_distributed(cfg.device)
     threads = torch.get_num_threads()
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _train(cfg, Path(out_dir), resume, config_dir, stop_after, env)
+        # Rank 0 alone holds the lock: the other ranks of the same job share the directory.
+        with locked(out) if env.is_main else nullcontext(out):
+            return _train(cfg, out, resume, force, config_dir, stop_after, env)
     finally:
         torch.set_num_threads(threads)
         shutdown(env)
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, config_dir: Optional[Path], stop_after: Optional[int],
-           env: DistEnv) -> TrainResult:
+def _train(cfg: TrainConfig, out: Path, resume: bool, force: bool, config_dir: Optional[Path],
+           stop_after: Optional[int], env: DistEnv) -> TrainResult:
     from tqdm import tqdm
 
     device = env.device
     amp = autocast_dtype(cfg.precision, device)
-    latest = _prepare_out(out, resume, env)
+    resumed = _prepare_out(out, cfg, resume, force, env)
     task = build_task(cfg, config_dir)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -167,8 +229,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, config_dir: Optional[Path]
     run_config = cfgio.to_dict(cfg)
     start, flops_total, bytes_total, extra_total = 0, 0, 0, {}
     result = TrainResult(out, cfg.steps)
-    if latest is not None:
-        state = ckpt.read_checkpoint(latest, env.rank)
+    latest = None
+    if resumed is not None:
+        latest, state = resumed
         if env.is_main:
             warn_config_changes(state["config"], run_config, latest)
         _load_state(wrapped, optimizer, state["model_state"], state["optim_state"])

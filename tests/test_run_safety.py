@@ -1,0 +1,234 @@
+"""Runs that cannot clobber each other, and one clear line (no traceback) for a user's mistake.
+
+Each test reproduces one way a run directory, a checkpoint or a bundle could be lost or mixed, or
+one bad input that printed a traceback, and shows what bltkit does instead.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bltkit import config as cfgio
+from bltkit.cli import main
+from bltkit.training import checkpoint as ckpt
+from bltkit.training.loop import train
+from bltkit.training.metrics import read_metrics
+
+from test_training import _cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    """Poll ``cond`` until true; fail if ``proc`` dies first or after ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the subprocess exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---- 1. one process a run directory --------------------------------------------------------------
+def test_lock_names_holder_and_a_killed_holder_leaves_no_stuck_lock(tmp_path):
+    """A process holding the lock is SIGKILLed: the kernel drops the flock, so the next one gets it."""
+    from bltkit.rundir import LOCK_FILE, RunDirLocked, locked
+
+    d = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom bltkit.rundir import locked\n"
+         f"with locked({str(d)!r}):\n    print('locked', flush=True)\n    time.sleep(600)\n"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # the barrier: it holds the lock now
+        with pytest.raises(RunDirLocked, match=rf"{d}.*pid {holder.pid}\)"):
+            with locked(d):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with locked(d):  # released by the kill: no stale lock to clear by hand
+        assert (d / LOCK_FILE).read_text().strip() == str(os.getpid())
+    with locked(d):  # and released again on a normal exit
+        pass
+
+
+def test_second_run_is_refused_then_the_killed_one_resumes(tmp_path):
+    """Two ``bltkit train`` with one --out: the second stops at once naming the first's pid and
+    touches nothing; SIGKILL the first mid-run and a resume there continues from its checkpoint."""
+    cfg = _cfg(tmp_path, steps=100000, checkpoint_every=1, keep_checkpoints=2)
+    p = tmp_path / "run.yaml"
+    cfgio.write_yaml(cfg, p)
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "bltkit.cli", "train", str(p), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_for(lambda: ckpt.latest_checkpoint(out) is not None, first, "the first checkpoint")
+        cfg_before = (out / "config.yaml").read_text()
+        for flags in ([], ["--resume"], ["--force"]):
+            err = _run_cli(["train", str(p), "--out", str(out), "--set", "seed=2", *flags])
+            line = _one_error_line(err)
+            assert str(out) in line and f"pid {first.pid}" in line and "in use" in line
+        assert (out / "config.yaml").read_text() == cfg_before  # the second run wrote nothing
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    latest = ckpt.list_checkpoints(out)[-1][0]
+    resumed = train(_cfg(tmp_path, steps=latest + 2, checkpoint_every=1), out, resume=True)
+    assert resumed.resumed_from == latest and len(resumed.losses) == 2
+    assert [r["step"] for r in read_metrics(out)] == list(range(latest + 3))
+
+
+def _run_cli(argv: list[str]) -> str:
+    """Run ``bltkit`` in-process, expecting exit status 2; its stderr."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2
+    return err.getvalue()
+
+
+# ---- 2. an existing bundle is not replaced silently ---------------------------------------------
+def test_train_refuses_an_existing_bundle_unless_force(tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tmp_path, steps=2), out)
+    ckpt_dir = out / ckpt.CHECKPOINTS
+    import shutil
+
+    shutil.rmtree(ckpt_dir)  # a finished run whose checkpoints were deleted (or a convert output)
+    weights = (out / "model" / "model.safetensors").read_bytes()
+    metrics = (out / "metrics.jsonl").read_text()
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=rf"{out}.*bundle.*--force"):
+            train(_cfg(tmp_path, steps=3, seed=5), out, resume=resume)
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
+    assert (out / "metrics.jsonl").read_text() == metrics
+    (out / "notes.txt").write_text("mine")
+    p = tmp_path / "run.yaml"
+    cfgio.write_yaml(_cfg(tmp_path, steps=3, seed=5), p)
+    assert main(["train", str(p), "--out", str(out), "--force"]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]
+    assert (out / "model" / "model.safetensors").read_bytes() != weights
+    assert (out / "notes.txt").read_text() == "mine"  # --force deletes a run's outputs only
+    with pytest.raises(ValueError, match="give one of them"):
+        train(_cfg(tmp_path, steps=3), out, resume=True, force=True)
+
+
+# ---- 4. resume: a corrupt newest checkpoint, none at all, fewer steps than done ------------------
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, capsys):
+    full = train(_cfg(tmp_path, steps=6, checkpoint_every=2), tmp_path / "full")
+    out = tmp_path / "part"
+    train(_cfg(tmp_path, steps=6, checkpoint_every=2), out, stop_after=4)
+    bad = out / ckpt.CHECKPOINTS / "step_000004" / "model" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    resumed = train(_cfg(tmp_path, steps=6, checkpoint_every=2), out, resume=True)
+    err = capsys.readouterr().err
+    assert str(bad) in err and "step_000002" in err
+    assert resumed.resumed_from == 2 and resumed.losses == full.losses[2:]
+
+
+def test_resume_with_every_checkpoint_corrupt_names_them(tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tmp_path, steps=4, checkpoint_every=2), out, stop_after=4)
+    files = []
+    for _, d in ckpt.list_checkpoints(out):
+        f = d / ckpt.OPTIM_FILE
+        f.write_bytes(b"\x00" * 10)
+        files.append(f)
+    with pytest.raises(ValueError, match="no checkpoint.*reads back") as e:
+        train(_cfg(tmp_path, steps=4, checkpoint_every=2), out, resume=True)
+    assert all(str(f) in str(e.value) for f in files)
+
+
+def test_resume_with_no_checkpoint_says_so(tmp_path, capsys):
+    out = tmp_path / "new"
+    res = train(_cfg(tmp_path, steps=2), out, resume=True)
+    assert res.resumed_from is None and len(res.losses) == 2
+    assert f"no checkpoint in {out} yet; starting at step 0" in capsys.readouterr().err
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tmp_path, steps=4, checkpoint_every=2), out)
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="step 4, past steps=2"):
+        train(_cfg(tmp_path, steps=2), out, resume=True)
+    assert (out / "config.yaml").read_text() == saved
+
+
+# ---- 6. one line, nothing left behind ------------------------------------------------------------
+def test_disk_full_during_checkpoint_save_is_one_line_and_leaves_no_tmp(tmp_path, monkeypatch, capsys):
+    real = ckpt.save_file
+    calls = {"model": 0}
+
+    def writer(tensors, path, *a, **kw):
+        if path.endswith("model.safetensors"):
+            calls["model"] += 1
+            if calls["model"] == 2:  # the second checkpoint: the disk is full
+                Path(path).write_bytes(b"\x00" * 64)  # a part-written file in the .tmp directory
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(ckpt, "save_file", writer)
+    p = tmp_path / "run.yaml"
+    cfgio.write_yaml(_cfg(tmp_path, steps=6, checkpoint_every=2), p)
+    capsys.readouterr()
+    assert main(["train", str(p), "--out", str(tmp_path / "out")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "step_000004" in line and "step_000002" in line
+    assert not list((tmp_path / "out" / ckpt.CHECKPOINTS).glob(".tmp-*"))
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "out")] == [2]
+    assert ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path / "out"))["trainer"]["step"] == 2
+
+
+@pytest.mark.parametrize("command", ["train", "precompute"])
+def test_out_naming_an_existing_file_is_one_line(tmp_path, capsys, command):
+    f = tmp_path / "taken"
+    f.write_text("not a directory")
+    if command == "train":
+        p = tmp_path / "run.yaml"
+        cfgio.write_yaml(_cfg(tmp_path, steps=1), p)
+        argv = ["train", str(p), "--out", str(f)]
+    else:
+        argv = ["precompute", "builtin", "--entropy-model", str(_tiny_entropy_model(tmp_path)), "--out", str(f)]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"--out {f} exists and is not a directory" in line
+    assert f.read_text() == "not a directory"
+
+
+def _tiny_entropy_model(tmp_path: Path) -> Path:
+    from entropy_model.model import EntropyModel, load_entropy_config
+
+    d = tmp_path / "em"
+    if not (d / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        EntropyModel(load_entropy_config("tiny", ["n_layers=1"])).save_pretrained(d)
+    return d
