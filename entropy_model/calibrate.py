@@ -46,12 +46,11 @@ class CalibrationResult:
 
 
 def sample_documents(paths: Sequence[str], sample_bytes: Optional[int]) -> list[bytes]:
-    """Documents of ``paths`` in order until ``sample_bytes`` bytes are read (the data helper's
-    ``iter_documents``; missing paths raise ``FileNotFoundError`` naming them)."""
-    from bltkit.data.sources import iter_documents
+    """Documents of ``paths`` in order until ``sample_bytes`` bytes are read, the last one cut to
+    fit (the data helper's ``iter_documents``; missing paths raise ``FileNotFoundError`` naming them)."""
+    from bltkit.data.sources import check_byte_limit, iter_documents
 
-    if sample_bytes is not None and sample_bytes < 1:
-        raise ValueError(f"sample_bytes must be >= 1, got {sample_bytes}")
+    check_byte_limit(sample_bytes, "sample_bytes")
     docs = list(iter_documents(list(paths), limit_bytes=sample_bytes))
     if not any(docs):
         raise ValueError(f"no bytes to calibrate on in {list(paths)}")

@@ -11,7 +11,8 @@ Resumable: documents are read in a fixed order and cut into shards of ``shard_do
 shard is written to a temporary name and renamed, then the index (also written atomically) lists
 it. A rerun skips listed shards without recomputing them, adopts a shard file that was renamed
 but not yet listed when its stored fingerprint matches, and refuses to continue with other
-settings (data, model weights, shard size), naming what differs. Only safetensors and JSON are
+settings (data, model weights or config, shard size, the patcher of the statistics: threshold,
+scheme...), naming what differs: the index records what its shards were computed with. Only safetensors and JSON are
 written; nothing is pickled.
 
 Patch statistics (mean length, histogram) per source use the patcher settings training resolves
@@ -63,15 +64,16 @@ def _shard_name(k: int) -> str:
 
 
 def _iter_sourced(data: Sequence[str], limit_bytes: Optional[int]) -> Iterator[tuple[str, bytes]]:
-    from bltkit.data.sources import iter_documents
+    """(source, document) in order, ``limit_bytes`` in all (the last document cut to fit)."""
+    from bltkit.data.sources import iter_documents, take_bytes
 
-    total = 0
+    left = limit_bytes
     for src in data:
-        for doc in iter_documents([src]):
+        for doc in take_bytes(iter_documents([src]), left):
             yield src, doc
-            total += len(doc)
-            if limit_bytes is not None and total >= limit_bytes:
-                return
+            left = None if left is None else left - len(doc)
+        if left is not None and left <= 0:
+            return
 
 
 def _add_stats(acc: dict, src: str, n_docs: int, n_bytes: int, hist: dict[int, int]) -> None:
@@ -121,8 +123,14 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
     this call) and ``finished`` (all documents done). ``out_dir`` is locked while this writes
     (``bltkit.rundir``): a second precompute into it fails at once, naming the first's pid.
     """
+    from bltkit.data.sources import check_byte_limit
     from bltkit.rundir import locked
 
+    if shard_docs < 1:
+        raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
+    check_byte_limit(limit_bytes)
+    if not data:
+        raise ValueError("no data sources given")
     with locked(out_dir):
         return _precompute(entropy_model_dir, data, Path(out_dir), shard_docs, limit_bytes, threshold,
                            max_new_shards, device, batch_size, log)
@@ -137,7 +145,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     from bltkit.patching.patcher import Patcher
 
     from .entropies import compute_entropies
-    from .model import WEIGHTS_FILE, EntropyModel
+    from .model import CONFIG_FILE, WEIGHTS_FILE, EntropyModel
 
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
@@ -145,9 +153,20 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
         raise ValueError("no data sources given")
     em = model_dir(entropy_model_dir)  # a run or bundle directory: its model/
     model = EntropyModel.from_pretrained(em, device=device)
+    patcher = None
+    cal = load_patcher_settings(em)
+    if threshold is not None or (cal is not None and cal.threshold is not None):
+        # The one resolution (calibrated patcher.yaml, then the given threshold), as training uses.
+        cfg = resolve_patcher(entropy_model=em, overrides=PatcherConfig(threshold=threshold))
+        patcher = Patcher(cfg)
+    stats_patcher = None if patcher is None else patcher.config.rule()
+
+    # Everything the shards and their statistics depend on: a rerun that differs in any of these
+    # (another model, its config, threshold or scheme...) would mix two runs' numbers in one index.
     settings = {"format": FORMAT_VERSION, "data": [str(d) for d in data], "shard_docs": shard_docs,
                 "limit_bytes": limit_bytes, "entropy_model": str(em.resolve()),
-                "weights": _fingerprint_file(em / WEIGHTS_FILE)}
+                "weights": _fingerprint_file(em / WEIGHTS_FILE), "model_config": _fingerprint_file(em / CONFIG_FILE),
+                "patcher": stats_patcher}
     index_path = out / INDEX_FILE
     if index_path.is_file():
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -158,14 +177,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
                              f"{[old.get(k) for k in diff]} vs now {[settings[k] for k in diff]}); use a new --out")
     else:
         index = {"settings": settings, "shards": [], "finished": False}
-
-    patcher = None
-    cal = load_patcher_settings(em)
-    if threshold is not None or (cal is not None and cal.threshold is not None):
-        # The one resolution (calibrated patcher.yaml, then the given threshold), as training uses.
-        cfg = resolve_patcher(entropy_model=em, overrides=PatcherConfig(threshold=threshold))
-        patcher = Patcher(cfg)
-    index["patcher"] = None if patcher is None else patcher.config.rule()
+    index["patcher"] = stats_patcher
 
     done = len(index["shards"])
     computed = 0

@@ -43,7 +43,7 @@ def test_calibration_lands_within_5_percent_on_real_text(em_dir, text_file, mono
 
     d = tmp_path / "em"
     shutil.copytree(em_dir, d)
-    res = calibrate_directory(d, [str(text_file)], 4.5, monotonic=monotonic, sample_bytes=20_000, entropies_fp16=fp16)
+    res = calibrate_directory(d, [str(text_file)], 4.5, monotonic=monotonic, sample_bytes=text_file.stat().st_size, entropies_fp16=fp16)
     assert abs(res.achieved_mean - 4.5) / 4.5 < 0.05
     cfg = load_patcher_settings(d)
     assert cfg.scheme == ("monotonic" if monotonic else "entropy") and cfg.threshold == res.threshold

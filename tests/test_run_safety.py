@@ -232,3 +232,51 @@ def _tiny_entropy_model(tmp_path: Path) -> Path:
         torch.manual_seed(0)
         EntropyModel(load_entropy_config("tiny", ["n_layers=1"])).save_pretrained(d)
     return d
+
+
+# ---- 3. precompute: the index records what its shards were computed with -------------------------
+def test_precompute_rerun_with_other_settings_is_refused(tmp_path):
+    import shutil
+
+    from entropy_model.precompute import precompute
+
+    em = _tiny_entropy_model(tmp_path)
+    data = tmp_path / "docs"
+    data.mkdir()
+    for i in range(3):
+        (data / f"d{i}.txt").write_bytes(f"document {i}: a few words to patch. ".encode() * 4)
+    out = tmp_path / "pc"
+    quiet = dict(shard_docs=2, log=lambda *_: None)
+    first = precompute(em, [str(data)], out, threshold=1.0, **quiet)
+    assert first["settings"]["patcher"]["threshold"] == 1.0
+    index = (out / "index.json").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(patcher: .*'threshold': 1\.0.*'threshold': 3\.0"):
+        precompute(em, [str(data)], out, threshold=3.0, **quiet)
+    assert (out / "index.json").read_text() == index  # statistics and patcher still agree
+    other = tmp_path / "em-other"  # the same weights under another config: other entropies
+    shutil.copytree(em, other)
+    cfg = cfgio.read_yaml(other / "config.yaml")
+    cfgio.write_yaml(dict(cfg, window=8), other / "config.yaml")
+    with pytest.raises(ValueError, match=r"other settings \(model_config"):
+        precompute(other, [str(data)], out, threshold=1.0, **quiet)
+    assert precompute(em, [str(data)], out, threshold=1.0, **quiet)["computed"] == 0  # same settings: resumes
+
+
+# ---- 5. byte caps cut inside a document -----------------------------------------------------------
+def test_sample_and_limit_bytes_cut_inside_one_long_document(tmp_path, capsys):
+    from entropy_model.calibrate import calibrate_directory
+    from entropy_model.precompute import precompute
+
+    em = _tiny_entropy_model(tmp_path)
+    line = tmp_path / "one-line.txt"
+    line.write_bytes(b"a single line with no breaks at all " * 8000)  # 288 KB, one document
+    res = calibrate_directory(em, [str(line)], 3.0, sample_bytes=5000, write=False)
+    assert (res.documents, res.ids) == (1, 5000 + 2)
+    index = precompute(em, [str(line)], tmp_path / "pc", limit_bytes=5000, threshold=1.0, log=lambda *_: None)
+    assert index["stats"][str(line)]["bytes"] == 5000 and index["documents"] == 1
+    for argv in (["calibrate", "--entropy-model", str(em), "--sample-bytes", "0", str(line)],
+                 ["precompute", "--entropy-model", str(em), "--limit-bytes", "0", "--out", str(tmp_path / "pc0"),
+                  str(line)]):
+        assert main(argv) == 2
+        assert "bytes >= 1" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "pc0").exists()  # refused before anything was written

@@ -3,9 +3,10 @@
     bltkit calibrate --entropy-model runs/entropy --target-mean 4.5 builtin
     bltkit calibrate --entropy-model runs/entropy --target-mean 6 --monotonic data/*.jsonl
 
-Reads documents (BOS + bytes + EOS, as training does) until --sample-bytes, computes their
-entropies once, and bisects the threshold so that Σ ids / Σ patches is closest to the target
-(global threshold, or the relative one with --monotonic). Prints the achieved mean and a
+Reads documents (BOS + bytes + EOS, as training does) until --sample-bytes (the last one cut to
+fit, so one long document never reads past it), computes their entropies once, and bisects the
+threshold so that Σ ids / Σ patches is closest to the target (global threshold, or the relative
+one with --monotonic). Prints the achieved mean and a
 histogram of patch lengths and writes DIR/patcher.yaml, which `bltkit patch`, `precompute`, the
 trainer and inference read. See entropy_model/calibrate.py and blt-reference §3.2.
 """
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-add", type=float, default=None,
                         help="fixed relative threshold of the global + monotonic rule (calibrates the global one)")
     parser.add_argument("--max-patch-length", type=int, default=None, help="split longer patches (applied while calibrating)")
-    parser.add_argument("--sample-bytes", type=int, default=1_000_000, help="bytes of data to sample (default 1,000,000)")
+    parser.add_argument("--sample-bytes", type=int, default=1_000_000, help="bytes of data to sample, >= 1 (default 1,000,000)")
     parser.add_argument("--fp32-entropies", action="store_true", help="threshold float32 entropies instead of "
                         "float16-rounded ones (recorded in patcher.yaml as entropies_fp16: false)")
     parser.add_argument("--dry-run", action="store_true", help="print the result without writing patcher.yaml")

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entropy-model", required=True, help="entropy model directory")
     parser.add_argument("--out", required=True, help="output directory (index.json + shards)")
     parser.add_argument("--shard-docs", type=int, default=256, help="documents a shard (default 256)")
-    parser.add_argument("--limit-bytes", type=int, default=None, help="stop after this many bytes of data")
+    parser.add_argument("--limit-bytes", type=int, default=None, help="stop after this many bytes of data (>= 1; the last document is cut to fit)")
     parser.add_argument("--threshold", type=float, default=None, help="threshold for the statistics, of the "
                         "model's calibrated scheme (default: its patcher.yaml)")
     parser.add_argument("--batch-size", type=int, default=16, help="chunks a forward pass")

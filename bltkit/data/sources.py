@@ -34,7 +34,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -297,7 +297,8 @@ class DataSource:
 
 def iter_documents(paths: Sequence[str] | str, text_field: str = "text", limit_bytes: Optional[int] = None,
                    txt_split: Literal["file", "blank_lines"] = "file") -> Iterator[bytes]:
-    """Every document of ``paths`` in order (raw ``bytes``), stopping once ``limit_bytes`` are out.
+    """Every document of ``paths`` in order (raw ``bytes``), stopping once ``limit_bytes`` are out
+    (the last document cut to fit, ``take_bytes``).
 
     Raises ``FileNotFoundError`` naming a missing path before reading anything, and ``ValueError``
     when the paths hold no document at all.
@@ -306,17 +307,33 @@ def iter_documents(paths: Sequence[str] | str, text_field: str = "text", limit_b
         paths = [paths]
     if not paths:
         raise ValueError("iter_documents: no paths given")
+    check_byte_limit(limit_bytes)
     sources = [DataSource(SourceConfig(path=p, text_field=text_field, txt_split=txt_split)) for p in paths]
-    total, n = 0, 0
-    for s in sources:
-        for doc in s.documents():
-            n += 1
-            yield doc
-            total += len(doc)
-            if limit_bytes is not None and total >= limit_bytes:
-                return
+    n = 0
+    for doc in take_bytes((doc for s in sources for doc in s.documents()), limit_bytes):
+        n += 1
+        yield doc
     if n == 0:
         raise ValueError(f"empty corpus: no documents in {list(paths)}")
+
+
+def check_byte_limit(limit_bytes: Optional[int], name: str = "limit_bytes") -> None:
+    """A byte cap is a whole number >= 1, or ``None`` for no cap (0 would read nothing)."""
+    if limit_bytes is not None and (isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 1):
+        raise ValueError(f"{name} must be a whole number of bytes >= 1 (or none, for no limit), got {limit_bytes!r}")
+
+
+def take_bytes(docs: Iterable[bytes], limit_bytes: Optional[int]) -> Iterator[bytes]:
+    """``docs`` until ``limit_bytes`` bytes are out, the last one cut to what is left: a cap cuts
+    inside a document, so one huge document (a single-line file) never reads past it."""
+    left = limit_bytes
+    for doc in docs:
+        if left is not None:
+            doc = doc[:left]
+            left -= len(doc)
+        yield doc
+        if left is not None and left <= 0:
+            return
 
 
 class DocumentStream:
