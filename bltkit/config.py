@@ -11,8 +11,9 @@ import json
 import os
 import types
 import typing
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Type, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -23,11 +24,20 @@ CONFIG_ROOT = REPO_ROOT / "configs"
 
 
 class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the key and the file."""
+    """A config value or key is wrong; the message names the key and the file. ``key`` is the
+    dotted key when one is to blame (``None`` for a cross-field check)."""
+
+    def __init__(self, message: str, key: Optional[str] = None):
+        super().__init__(message)
+        self.key = key
 
 
 def _where(path: str, source: str | None) -> str:
     return f"'{path}'" + (f" in {source}" if source else "")
+
+
+def _error(path: str, source: str | None, what: str) -> ConfigError:
+    return ConfigError(f"{_where(path, source)}: {what}", key=path)
 
 
 def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
@@ -46,37 +56,37 @@ def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
                 return _convert(value, a, path, source)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{_where(path, source)}: {value!r} does not fit {tp}")
+        raise _error(path, source, f"{value!r} does not fit {tp}")
     if origin is typing.Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{_where(path, source)}: {value!r} is not one of {list(get_args(tp))}")
+            raise _error(path, source, f"{value!r} is not one of {list(get_args(tp))}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{_where(path, source)}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise _error(path, source, f"expected a mapping, got {type(value).__name__} {value!r}")
         return from_dict(tp, value, source=source, prefix=path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(path, source)}: expected a list, got {type(value).__name__} {value!r}")
+            raise _error(path, source, f"expected a list, got {type(value).__name__} {value!r}")
         (inner,) = get_args(tp)[:1] or (Any,)
         out = [_convert(v, inner, f"{path}[{i}]", source) for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{_where(path, source)}: expected a mapping, got {type(value).__name__}")
+            raise _error(path, source, f"expected a mapping, got {type(value).__name__}")
         _, vt = get_args(tp) or (Any, Any)
         return {k: _convert(v, vt, f"{path}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{_where(path, source)}: expected true/false, got {value!r}")
+        raise _error(path, source, f"expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{_where(path, source)}: expected an integer, got {value!r}")
+            raise _error(path, source, f"expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -85,11 +95,11 @@ def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
                     return float(value)  # YAML reads 1e-3 without a dot as a string
                 except ValueError:
                     pass
-            raise ConfigError(f"{_where(path, source)}: expected a number, got {value!r}")
+            raise _error(path, source, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{_where(path, source)}: expected a string, got {value!r}")
+            raise _error(path, source, f"expected a string, got {value!r}")
         return value
     return value
 
@@ -107,7 +117,7 @@ def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix
                 raise ConfigError(f"key {_where(path, source)} is no longer read: it is now {renamed[key]}; "
                                   f"rename it in the file")
             raise ConfigError(
-                f"unknown key {_where(path, source)}; {cls.__name__} accepts: {', '.join(sorted(fields))}"
+                f"unknown key {_where(path, source)}; {cls.__name__} accepts: {', '.join(sorted(fields))}", key=path
             )
     kwargs = {}
     for name, value in data.items():
@@ -124,8 +134,36 @@ def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix
         except ConfigError:
             raise
         except ValueError as e:
-            raise ConfigError(f"{cls.__name__}{' in ' + source if source else ''}: {e}") from None
+            raise ConfigError(f"{cls.__name__}{' in ' + source if source else ''}: {e}", key=prefix or None) from None
     return obj
+
+
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].strip()
+
+
+@contextmanager
+def blame_overrides(overrides: Optional[Sequence[str]], source: Optional[str], flag: str = "--set") -> Iterator[None]:
+    """Re-word a ``ConfigError`` about a key that one of ``overrides`` set, so that it names the
+    override (``unknown key 'optim.lrr' in --set optim.lrr=1``) instead of the config file the
+    override was applied to; an error from a section's cross-field check names the overrides
+    inside that section too."""
+    try:
+        yield
+    except ConfigError as e:
+        if not overrides or e.key is None:
+            raise
+        key, msg = e.key, str(e)
+        for item in overrides:
+            k = _override_key(item)
+            if key == k or key.startswith((k + ".", k + "[")):  # the override set this key (or a mapping above it)
+                where = f" in {source}" if source else ""
+                new = msg.replace(f"'{key}'{where}", f"'{key}' in {flag} {item}", 1)
+                raise ConfigError(new if new != msg else f"{msg} (set by {flag} {item})", key=key) from None
+        inside = [item for item in overrides if _override_key(item).startswith(key + ".")]
+        if inside:  # a section's validate() failed: name what the command line changed there
+            raise ConfigError(f"{msg} (given {', '.join(f'{flag} {i}' for i in inside)})", key=key) from None
+        raise
 
 
 def to_dict(obj: Any) -> Any:
@@ -139,6 +177,10 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML (or JSON) mapping; errors name the file."""
     p = Path(path)
@@ -148,7 +190,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot parse config {p}: {e}") from None
+        raise ConfigError(f"cannot parse config {p}: {_one_line(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -169,7 +211,8 @@ def load(cls: Type[T], path: str | os.PathLike, overrides: list[str] | None = No
     data = read_yaml(path)
     if overrides:
         apply_overrides(data, overrides, source=str(path))
-    return from_dict(cls, data, source=str(path))
+    with blame_overrides(overrides, str(path)):
+        return from_dict(cls, data, source=str(path))
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str | None = None) -> dict:
@@ -178,7 +221,10 @@ def apply_overrides(data: dict, overrides: list[str], source: str | None = None)
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:  # YAML's message spans lines (with a caret): one line here
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(e)})", key=key) from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -212,6 +258,15 @@ def resolve_config_path(name_or_path: str | os.PathLike, kind: str) -> Path:
         return shipped
     available = sorted(q.stem for q in (CONFIG_ROOT / kind).glob("*.yaml")) if (CONFIG_ROOT / kind).is_dir() else []
     raise ConfigError(f"no config file {p} and no shipped {kind} config named {str(name_or_path)!r} (shipped: {available})")
+
+
+def build_config(build: Callable[[dict, str], T], name_or_path: str | os.PathLike, kind: str,
+                 overrides: list[str] | None = None, flag: str = "--set") -> tuple[T, Path]:
+    """(``build(data, source)``, its file) for a config read by ``read_config``; an error about a key
+    that an override set names the override (``blame_overrides``; ``flag`` is how the user gave it)."""
+    data, p = read_config(name_or_path, kind, overrides)
+    with blame_overrides(overrides, str(p), flag):
+        return build(data, str(p)), p
 
 
 def read_config(name_or_path: str | os.PathLike, kind: str, overrides: list[str] | None = None) -> tuple[dict, Path]:

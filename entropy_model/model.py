@@ -71,8 +71,8 @@ class EntropyModelConfig(StackConfig):
 
 def load_entropy_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> EntropyModelConfig:
     """A config from a YAML path or a shipped name under ``configs/entropy/`` (tiny, small, paper)."""
-    data, p = cfgio.read_config(name_or_path, "entropy", overrides)
-    return cfgio.from_dict(EntropyModelConfig, data, source=str(p))
+    return cfgio.build_config(lambda d, s: cfgio.from_dict(EntropyModelConfig, d, source=s), name_or_path, "entropy",
+                              overrides, flag="model_overrides")[0]
 
 
 class EntropyModel(nn.Module):

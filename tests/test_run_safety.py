@@ -280,3 +280,125 @@ def test_sample_and_limit_bytes_cut_inside_one_long_document(tmp_path, capsys):
         assert main(argv) == 2
         assert "bytes >= 1" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "pc0").exists()  # refused before anything was written
+
+
+# ---- 6 / 8. config values from the command line ---------------------------------------------------
+def test_malformed_yaml_in_set_is_one_line_naming_the_override(tmp_path, capsys):
+    argv = ["train", "tiny", "--out", str(tmp_path / "out"), "--set", "optim={lr: ["]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "override 'optim={lr: ['" in line and "not valid YAML" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("item,key", [("optim.lrr=1", "optim.lrr"), ("nosuch=1", "nosuch"),
+                                      ("optim={lrr: 1}", "optim.lrr"), ("steps=many", "steps")])
+def test_a_bad_set_key_is_blamed_on_the_command_line(tmp_path, capsys, item, key):
+    assert main(["train", "tiny", "--out", str(tmp_path / "out"), "--set", item]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"'{key}' in --set {item}" in line
+    assert "configs/train/tiny.yaml" not in line and "tiny.yaml" not in line.split(";")[0]
+
+
+def test_a_bad_model_override_is_blamed_on_model_overrides():
+    from bltkit.model import load_blt_config
+
+    with pytest.raises(cfgio.ConfigError, match=r"'hash\.vocabb' in model_overrides hash\.vocabb=3"):
+        load_blt_config("tiny", ["hash.vocabb=3"])
+
+
+@pytest.mark.parametrize("name,value", [("eps", "0"), ("lr", "0"), ("weight_decay", "-1"), ("clip", "-0.5"),
+                                        ("lr", ".inf")])
+def test_an_optimiser_value_out_of_range_is_named(tmp_path, capsys, name, value):
+    assert main(["train", "tiny", "--out", str(tmp_path / "out"), "--set", f"optim.{name}={value}"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"optim.{name} must be a finite number" in line and f"--set optim.{name}={value}" in line
+
+
+def test_lr_that_overflows_adamw_stops_like_a_nan_loss(tmp_path, capsys):
+    from bltkit.training.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"overflowed at step 1 \(lr 1e\+38"):
+        train(_cfg(tmp_path, steps=3, optim={"lr": 1e38}, schedule={"kind": "constant", "warmup": 0}), tmp_path / "a")
+    p = tmp_path / "run.yaml"
+    cfgio.write_yaml(_cfg(tmp_path, steps=3, optim={"lr": 1e38}, schedule={"kind": "constant", "warmup": 0}), p)
+    assert main(["train", str(p), "--out", str(tmp_path / "b")]) == 2
+    assert "overflowed at step 1" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_seed_out_of_range_is_named(tmp_path, capsys):
+    assert main(["train", "tiny", "--out", str(tmp_path / "out"), "--set", f"seed={10**23}"]) == 2
+    assert f"seed must be an integer from 0 to 2**63 - 1, got {10**23}" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_entropy_refuses_another_kind(tmp_path, capsys):
+    assert main(["train-entropy", "tiny", "--out", str(tmp_path / "out"), "--set", "kind=blt"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "kind 'entropy'" in line and "kind=blt" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_eval_file_is_named(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"data\.eval \[.*empty\.txt'\] holds no documents"):
+        train(_cfg(tmp_path, data={"eval": [str(tmp_path / "empty.txt")]}), tmp_path / "run")
+
+
+# ---- 7. bytes are bytes, sampling values are checked ----------------------------------------------
+def test_patch_keeps_raw_bytes_from_stdin_and_argv(monkeypatch, capsys):
+    import io
+
+    class Stdin:
+        buffer = io.BytesIO(b"caf\xe9")
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["patch", "--scheme", "byte", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == 4
+    arg = os.fsdecode(b"caf\xe9")  # what Python puts in sys.argv for those bytes
+    assert main(["patch", "--scheme", "byte", "--json", arg]) == 0
+    assert json.loads(capsys.readouterr().out) == {"bytes": 4, "patch_lengths": [1, 1, 1, 1], "entropies": None}
+    assert main(["patch", "--scheme", "static", "--patch-size", "2", "--json", "é!"]) == 0  # UTF-8 text: 3 bytes
+    assert json.loads(capsys.readouterr().out)["bytes"] == 3
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+    from bltkit.bundle import save_bundle
+    from bltkit.model import ByteLatentTransformer, load_blt_config
+
+    torch.manual_seed(0)
+    model = ByteLatentTransformer(load_blt_config("tiny", ["global.n_layers=1", "decoder.n_layers=1"]))
+    save_bundle(tmp_path / "bundle", model, "blt", patcher={"scheme": "static", "patch_size": 4})
+    return tmp_path / "bundle"
+
+
+@pytest.mark.parametrize("flags,expected", [(["--temperature", "inf"], "temperature must be a finite number"),
+                                            (["--temperature", "nan"], "temperature must be a finite number"),
+                                            (["--seed", str(10**23)], f"seed must be an integer from"),
+                                            (["--seed", str(-(2**63) - 1)], "seed must be an integer from")])
+def test_generate_rejects_infinite_temperature_and_huge_seeds(tiny_bundle, capsys, flags, expected):
+    assert main(["generate", "--model", str(tiny_bundle), "--max-new-bytes", "2", *flags, "hi"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert expected in line and flags[1] in line.replace("-9223372036854775809", str(-(2**63) - 1))
+    assert main(["generate", "--model", str(tiny_bundle), "--max-new-bytes", "2", "--seed", str(2**64 - 1),
+                 "--temperature", "1", "hi"]) == 0  # the largest seed torch takes is fine
+
+
+# ---- 8. a bad .pth: bltkit never repeats torch's advice ------------------------------------------
+def test_bad_pth_message_never_suggests_weights_only_false(tmp_path, capsys):
+    from bltkit.model import ByteLatentTransformer, load_blt_config
+
+    from test_convert import NotATensor, write_reference
+
+    torch.manual_seed(0)
+    src = write_reference(tmp_path / "ref", ByteLatentTransformer(load_blt_config("tiny")))
+    for content in ({"model": {"x": NotATensor()}}, None):
+        if content is None:
+            (src / "consolidated.pth").write_bytes(b"definitely not a checkpoint")
+        else:
+            torch.save(content, src / "consolidated.pth")
+        assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "consolidated.pth is not a plain PyTorch state dict" in line
+        assert "weights_only=False" not in line.replace(" ", "") and "False" not in line
+        assert "safe_globals" not in line and "trust" not in line

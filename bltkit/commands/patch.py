@@ -62,8 +62,11 @@ def run(args) -> int:
     from ..data.vocab import encode_tensor
     from ..patching.patcher import Patcher
 
-    text = sys.stdin.read() if args.text == "-" else args.text
-    data = text.encode("utf-8", errors="surrogatepass")
+    import os
+
+    # Bytes are bytes: standard input is read undecoded, and an argument gets back the bytes the
+    # shell passed (Python decodes argv with surrogateescape; os.fsencode undoes exactly that).
+    data = sys.stdin.buffer.read() if args.text == "-" else os.fsencode(args.text)
     cfg, em_dir = _settings(args)
     scorer = None
     if em_dir is not None:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, kind: str | None = None) -> int:
-    from ..config import resolve_config_path
+    from ..config import apply_overrides, resolve_config_path
     from ..training.config import load_train_config
     from ..training.loop import train
 
@@ -42,6 +42,10 @@ def run(args, kind: str | None = None) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     if kind is not None:
+        asked = apply_overrides({}, [o for o in overrides if o.split("=", 1)[0].strip() == "kind"]).get("kind", kind)
+        if asked != kind:
+            raise ValueError(f"this command trains kind {kind!r} only; --set kind={asked} asks for another "
+                             f"(use `bltkit train` for that)")
         overrides.append(f"kind={kind}")
     path = resolve_config_path(args.config, "train")
     cfg = load_train_config(path, overrides)

@@ -121,5 +121,5 @@ class CompareConfig:
 
 def load_compare_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> tuple[CompareConfig, Path]:
     """(config, its file) from a path or a shipped name under ``configs/experiments/``."""
-    data, p = cfgio.read_config(name_or_path, "experiments", overrides)
-    return cfgio.from_dict(CompareConfig, data, source=str(p)), p
+    return cfgio.build_config(lambda d, s: cfgio.from_dict(CompareConfig, d, source=s), name_or_path, "experiments",
+                              overrides)

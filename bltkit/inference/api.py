@@ -38,7 +38,7 @@ from ..patching.config import PatcherConfig, resolve_patcher
 from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
-from .sampling import SamplingParams
+from .sampling import SamplingParams, check_seed
 from .scoring import LN2, forward_rows, gather_targets
 from .speculative import SpeculativeStepper, check_draft_length
 from .stepper import CachedStepper
@@ -179,11 +179,12 @@ class Handle:
 
     @staticmethod
     def _seeds(seed, n: int) -> list[int]:
-        if isinstance(seed, (list, tuple)):
-            if len(seed) != n:
-                raise ValueError(f"{len(seed)} seeds for {n} prompts")
-            return list(seed)
-        return [seed] * n
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * n
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+        for s in seeds:  # checked even when greedy decoding never draws from them
+            check_seed(s)
+        return seeds
 
     # ---- scoring and patching -------------------------------------------------------------------
     @torch.no_grad()

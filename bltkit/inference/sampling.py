@@ -8,6 +8,7 @@ time with the same seed).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,8 +22,9 @@ class SamplingParams:
     top_p: Optional[float] = None  # keep the smallest set with mass >= top_p; None or 1 = all
 
     def validate(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature != self.temperature or self.temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature!r}")
+        if (isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float))
+                or not math.isfinite(self.temperature) or self.temperature < 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
             raise ValueError(f"top_k must be a whole number >= 0 (0 or None = no limit), got {self.top_k!r}")
         if self.top_p is not None and (not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1):
@@ -33,11 +35,20 @@ class SamplingParams:
         return self.temperature == 0
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """A seed is an integer torch can take; anything else is a ``ValueError`` naming it."""
+    lo, hi = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed <= hi:
+        raise ValueError(f"{name} must be an integer from {lo} to {hi} (2**64 - 1), got {seed!r}")
+
+
 def row_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     gens = []
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise ValueError(f"seed must be an integer, got {s!r}")
+        check_seed(s)
         g = torch.Generator(device="cpu")
         g.manual_seed(s)
         gens.append(g)

@@ -248,6 +248,20 @@ def reference_patcher_settings(model_args: dict, patcher_args: dict, entropy_sub
     raise ValueError(f"patching_mode {mode!r} has no bltkit patcher (bltkit has entropy, static, space and byte)")
 
 
+def _load_failure(e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line and without torch's advice
+    to rerun it with ``weights_only=False`` (which would run whatever the pickle holds)."""
+    import re
+
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0]
+    reason = re.split(r" was not an allowed global| Please use", reason)[0]  # torch's allow-listing advice
+    if "weights_only" in reason or "safe_globals" in reason:
+        reason = type(e).__name__
+    return f"{reason} (bltkit reads plain tensors only)"
+
+
 def load_reference_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``consolidated.pth`` (a state dict, or one under ``model``); never unpickles code."""
     import pickle
@@ -258,7 +272,8 @@ def load_reference_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{p} is not a plain PyTorch state dict (read with weights_only=True): {e}") from None
+        raise ValueError(f"{p} is not a plain PyTorch state dict (read with weights_only=True): "
+                         f"{_load_failure(e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict):

@@ -290,8 +290,8 @@ def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Ten
 
 def load_blt_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> BLTConfig:
     """A model config from a YAML file or a shipped name (``tiny``, ``bench-s``, ``400m``, ``1b``)."""
-    data, p = cfgio.read_config(path, "model", overrides)
-    return cfgio.from_dict(BLTConfig, data, source=str(p))
+    return cfgio.build_config(lambda data, source: cfgio.from_dict(BLTConfig, data, source=source),
+                              path, "model", overrides, flag="model_overrides")[0]
 
 
 # ---- weights I/O shared by every bltkit model ---------------------------------------------------

@@ -42,5 +42,4 @@ def bytelm_config_from_dict(data: dict, source: Optional[str] = None) -> ByteLMC
 
 def load_bytelm_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> ByteLMConfig:
     """A ByteLM config from a YAML path or a shipped name under ``configs/bytelm/`` (``tiny``)."""
-    data, p = cfgio.read_config(name_or_path, "bytelm", overrides)
-    return bytelm_config_from_dict(data, source=str(p))
+    return cfgio.build_config(bytelm_config_from_dict, name_or_path, "bytelm", overrides, flag="model_overrides")[0]

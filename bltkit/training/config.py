@@ -8,6 +8,7 @@ logging / checkpoint cadence. Unknown keys are errors naming the key and the fil
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -30,12 +31,13 @@ class OptimConfig:
     clip: float = 1.0  # global gradient-norm clip; 0 disables
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
-            raise ValueError(f"optim weight_decay {self.weight_decay}, clip {self.clip}, eps {self.eps} out of range")
+        for name, value, ok, rule in (("lr", self.lr, self.lr > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
+                                      ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                                      ("clip", self.clip, self.clip >= 0, ">= 0 (0 disables clipping)")):
+            if not (ok and math.isfinite(value)):
+                raise ValueError(f"optim.{name} must be a finite number {rule}, got {value}")
 
 
 @dataclass
@@ -124,6 +126,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0 <= self.seed < 2**63:  # torch and numpy both take it, with the rank added
+            raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.log_every < 1 or self.eval_every < 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
@@ -135,8 +139,7 @@ class TrainConfig:
 
 def load_train_config(name_or_path: str | os.PathLike, overrides: Optional[list[str]] = None) -> TrainConfig:
     """A run config from a YAML path or a shipped name under ``configs/train/``, with overrides."""
-    data, p = cfgio.read_config(name_or_path, "train", overrides)
-    return cfgio.from_dict(TrainConfig, data, source=str(p))
+    return cfgio.build_config(train_config_from_dict, name_or_path, "train", overrides)[0]
 
 
 def train_config_from_dict(data: dict, source: Optional[str] = None) -> TrainConfig:

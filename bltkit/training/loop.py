@@ -6,7 +6,7 @@ Per optimiser step (blt-reference §7.4):
      size, which DDP / FSDP average away), backward; so any split over ranks and micro-batches
      gives the gradient of the same global mean;
   3. a non-finite loss stops the run naming the step, before the update (the last checkpoint
-     stays as it was);
+     stays as it was), and so does an update that overflows (a learning rate near 1e38);
   4. clip the global gradient norm, set the LR from the schedule, AdamW step.
 Logged every ``log_every`` steps: loss, lr, bytes, mean patch length, cumulative training FLOPs,
 bytes/s; every ``eval_every`` steps (and before the first and after the last): held-out bits per
@@ -304,7 +304,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, force: bool, config_dir: O
                     raise TrainingDiverged(f"gradient norm is {gnorm} at step {step} (loss {loss}); stopping "
                                            f"before the update (the last checkpoint is intact)")
             lr = set_lr(optimizer, cfg.optim.lr, lr_factor(step - 1, cfg.steps, cfg.schedule))
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as e:  # AdamW's lr / bias correction past float range (lr ~1e38)
+                if "overflow" not in str(e):
+                    raise
+                raise TrainingDiverged(f"the AdamW update overflowed at step {step} (lr {lr:.3g}: {e}); stopping "
+                                       f"(the last checkpoint is intact)") from None
             optimizer.zero_grad(set_to_none=True)
 
             flops_total += int(stats[1])

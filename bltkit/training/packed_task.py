@@ -64,6 +64,9 @@ class PackedDataTask(Task):
                 held.extend(src.documents())
         if not train:
             raise ValueError(f"empty corpus: data.train {specs} holds no training documents")
+        if not held and d.eval:
+            raise ValueError(f"data.eval {list(d.eval)} holds no documents (empty files?): give held-out text there, "
+                             f"or leave data.eval empty to hold out data.eval_fraction of data.train")
         if not held:
             raise ValueError(f"no held-out documents for data.train {specs}: give data.eval or raise data.eval_fraction")
         return train, held, specs
