@@ -402,3 +402,46 @@ def test_bad_pth_message_never_suggests_weights_only_false(tmp_path, capsys):
         assert "consolidated.pth is not a plain PyTorch state dict" in line
         assert "weights_only=False" not in line.replace(" ", "") and "False" not in line
         assert "safe_globals" not in line and "trust" not in line
+
+
+# ---- 6 / 7. weights: integer where a float belongs, NaN / inf -------------------------------------
+@pytest.mark.parametrize("poison", ["nan", "inf", "int"])
+def test_load_refuses_bad_weights_naming_the_tensor(tiny_bundle, capsys, poison):
+    from safetensors.torch import load_file, save_file
+
+    import bltkit
+
+    f = tiny_bundle / "model" / "model.safetensors"
+    state = load_file(str(f))
+    name = "local_decoder.output.weight"
+    t = state[name]
+    if poison == "int":
+        state[name] = torch.ones(t.shape, dtype=torch.int64)
+    else:
+        t.view(-1)[3] = float(poison)
+    save_file(state, str(f))
+    expected = "is torch.int64" if poison == "int" else "holds 1 NaN or infinite value"
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor {name} {expected}"):
+        bltkit.load(tiny_bundle, device="cpu")
+    assert main(["score", "--model", str(tiny_bundle), "some text"]) == 2
+    assert f"tensor {name} {expected}" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("poison", ["nan", "int"])
+def test_convert_refuses_bad_weights_naming_the_source_tensor(tmp_path, capsys, poison):
+    from bltkit.model import ByteLatentTransformer, load_blt_config
+
+    from test_convert import reference_state, write_reference
+
+    torch.manual_seed(0)
+    model = ByteLatentTransformer(load_blt_config("tiny"))
+    state = reference_state(model)
+    name = "local_decoder.output.weight"  # the reference's name for the byte head
+    assert name in state
+    state[name] = (torch.ones(state[name].shape, dtype=torch.int32) if poison == "int"
+                   else state[name].clone().fill_(float("nan")))
+    src = write_reference(tmp_path / "ref", model, state=state)
+    assert main(["convert", "--from", "reference", str(src), str(tmp_path / "b")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"tensor {name} " in line and ("torch.int32" in line if poison == "int" else "NaN" in line)
+    assert not (tmp_path / "b").exists()

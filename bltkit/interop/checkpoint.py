@@ -63,39 +63,15 @@ def read_safetensors_dir(directory: str | os.PathLike) -> dict[str, torch.Tensor
     raise FileNotFoundError(f"{d} has no {SAFETENSORS_FILE} (nor {SAFETENSORS_INDEX})")
 
 
-def check_state(
-    expected: Mapping[str, torch.Size | tuple],
-    state: Mapping[str, torch.Tensor],
-    source: str,
-    origin: Callable[[str], str] = lambda k: k,
-) -> None:
-    """Raise ``ValueError`` unless ``state`` has exactly the ``expected`` names and shapes.
-
-    ``origin`` turns a bltkit name back into the source's name, so messages point at the tensor
-    the user has in hand (e.g. ``model.local_encoder.embed_tokens.weight``).
-    """
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {[origin(k) for k in missing[:8]]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected tensors {[origin(k) for k in unexpected[:8]]}{' ...' if len(unexpected) > 8 else ''}")
-        raise ValueError(f"{source}: {'; '.join(parts)} (the converted config does not match these weights)")
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != tuple(shape):
-            raise ValueError(f"{source}: tensor {origin(k)} has shape {tuple(state[k].shape)}, "
-                             f"the config expects {tuple(shape)}")
-
-
 def load_checked(model_factory: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], source: str,
                  origin: Callable[[str], str] = lambda k: k, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Build a model on the meta device, check ``state`` against it, and assign the tensors."""
+    """Build a model on the meta device, check ``state`` against it (names, shapes, floating-point
+    dtypes, finite values: ``bltkit.model.blt.check_weights``), and assign the tensors."""
+    from ..model.blt import check_weights
+
     with torch.device("meta"):
         model = model_factory()
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_state(expected, state, source, origin)
+    check_weights(model.state_dict(), state, source, origin)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                for k, v in state.items()}
     model.load_state_dict(tensors, assign=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -307,11 +307,42 @@ def save_config_and_weights(model: nn.Module, config_dict: dict, directory: str 
     os.replace(tmp, d / WEIGHTS_FILE)
 
 
+def check_weights(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                  origin: Callable[[str], str] = lambda k: k) -> None:
+    """Raise ``ValueError`` unless ``state`` fits the model whose state dict is ``expected`` (meta
+    tensors will do): the same names and shapes, a floating-point tensor wherever the model has
+    one (an integer tensor there would be cast silently), and only finite values (NaN or inf
+    weights load fine and then generate nothing and score NaN). Messages name ``source`` and the
+    tensor as ``origin`` names it (a converter passes the source checkpoint's own names)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {[origin(k) for k in missing[:8]]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors {[origin(k) for k in unexpected[:8]]}{' ...' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"{source}: {'; '.join(parts)} (the config does not match these weights)")
+    for k, v in expected.items():
+        t = state[k]
+        if tuple(t.shape) != tuple(v.shape):
+            raise ValueError(f"{source}: tensor {origin(k)} has shape {tuple(t.shape)}, the config expects {tuple(v.shape)}")
+        if t.is_floating_point() != v.is_floating_point():
+            raise ValueError(f"{source}: tensor {origin(k)} is {t.dtype}, where the model holds {v.dtype}"
+                             + (" (a floating-point tensor belongs there)" if v.is_floating_point() else ""))
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ValueError(f"{source}: tensor {origin(k)} holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                                 f"refusing weights that compute NaN")
+
+
 def load_weights_into(model: nn.Module, path: str | os.PathLike, device=None, dtype=None) -> None:
     """Load safetensors weights into ``model`` (possibly on the meta device), checking every tensor.
 
-    Missing, unexpected or mis-shaped tensors raise ``ValueError`` naming them and the file; a file
-    that is not safetensors raises naming the file. Nothing is unpickled.
+    Missing, unexpected, mis-shaped, integer-for-float or non-finite tensors raise ``ValueError``
+    naming them and the file (``check_weights``); a file that is not safetensors raises naming the
+    file. Nothing is unpickled.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -323,15 +354,7 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike, device=None, dt
         state = load_file(str(p), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{p} is not a readable safetensors file: {e}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{p}: missing tensors {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-                         f"unexpected tensors {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(f"{p}: tensor {k} has shape {tuple(state[k].shape)}, the config expects {tuple(v.shape)}")
+    check_weights(model.state_dict(), state, str(p))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if device is not None:
