@@ -367,7 +367,7 @@ def tiny_bundle(tmp_path):
     from bltkit.model import ByteLatentTransformer, load_blt_config
 
     torch.manual_seed(0)
-    model = ByteLatentTransformer(load_blt_config("tiny", ["global.n_layers=1", "decoder.n_layers=1"]))
+    model = ByteLatentTransformer(load_blt_config("tiny", ["global_model.n_layers=1", "decoder.n_layers=1"]))
     save_bundle(tmp_path / "bundle", model, "blt", patcher={"scheme": "static", "patch_size": 4})
     return tmp_path / "bundle"
 
