@@ -7,6 +7,7 @@ Derived sizes live in the dataclasses' properties, computed in one place.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 import types
@@ -19,8 +20,10 @@ import yaml
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_ROOT = REPO_ROOT / "configs"
+# Shipped configs are package data (bltkit/configs; the top-level configs/ is a link to it, for
+# people who read and copy them), so an installed wheel finds them as an editable checkout does.
+# Wheels install unzipped, so the resource is a real directory.
+CONFIG_ROOT = Path(str(importlib.resources.files("bltkit").joinpath("configs")))
 
 
 class ConfigError(ValueError):
