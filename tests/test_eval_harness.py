@@ -102,7 +102,8 @@ def test_loglikelihood_rolling_equals_score(handles, kind):
     (logp,) = short.loglikelihood_rolling([rolling(long)])
     (windowed,) = score_spans(h, [long.encode()], window=40, overlap=10)
     assert logp == pytest.approx(-windowed.total_nats, abs=1e-6)
-    assert logp != pytest.approx(-sum(h.score(long).surprisal) * LN2, abs=1e-3)
+    if kind == "blt":  # (the entropy bundle sees 6 bytes back: windows cut nothing it sees)
+        assert logp != pytest.approx(-sum(h.score(long).surprisal) * LN2, abs=1e-3)
 
 
 def test_generate_until_equals_generate(handles):
@@ -110,7 +111,7 @@ def test_generate_until_equals_generate(handles):
     lm = BltkitLM(h, batch_size=2, progress=False)
     contexts = ["Question: what is two and two?\nAnswer:", "The cat", "Once upon a time", ""]
     free = [h.generate(c, max_new_bytes=16) for c in contexts]
-    stops = [[f[5:7]], [f[3], "zz"], ["QQQ"], [f[8:10]]]  # stop strings that occur in the output, and one that does not
+    stops = [[free[0][5:7]], [free[1][3], "zz"], ["QQQ"], [free[3][8:10]]]  # stop strings that occur in the output, and one that does not
     reqs = [gen(c, until=s, max_gen_toks=16) for c, s in zip(contexts, stops)]
     reqs.append(gen(contexts[1], until="\n\n", max_gen_toks=5, do_sample=False))  # other settings, one string
     got = lm.generate_until(reqs)
