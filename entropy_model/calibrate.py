@@ -159,8 +159,11 @@ def calibrate_directory(entropy_model_dir: str | os.PathLike, data: Sequence[str
     """Calibrate the entropy model in ``entropy_model_dir`` on ``data`` and (``write``) record the
     result in its ``patcher.yaml``, where ``resolve_patcher`` (every entry point) finds it.
     ``entropies_fp16`` (recorded there too): calibrate, and later patch, on float16-rounded entropies."""
+    from bltkit.patching.config import entropy_model_dir as model_dir
+
     from .model import EntropyModel
 
+    entropy_model_dir = model_dir(entropy_model_dir)  # a train-entropy run or bundle directory: its model/
     if not (isinstance(target_mean, (int, float)) and math.isfinite(target_mean) and target_mean >= 1):
         raise ValueError(f"target mean patch length must be a finite number >= 1, got {target_mean!r}")
     model = EntropyModel.from_pretrained(entropy_model_dir, device=device)

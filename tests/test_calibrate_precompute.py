@@ -194,3 +194,14 @@ def test_trainer_bridge_and_bundle_patching(em_dir, tmp_path, capsys):
     assert main(["patch", "--model", str(b), "--json", "abcd"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["patch_lengths"] == [1, 1, 1, 1] and len(out["entropies"]) == 4
+
+
+def test_calibrate_accepts_a_run_directory_and_writes_into_its_model(em_dir, text_file, tmp_path):
+    import shutil
+
+    # The --help examples pass a train-entropy run directory; its weights live in run/model/.
+    run = tmp_path / "run"
+    shutil.copytree(em_dir, run / "model")
+    res = calibrate_directory(run, [str(text_file)], 4.5, sample_bytes=20_000)
+    cfg = load_patcher_settings(run / "model")
+    assert cfg.threshold == res.threshold and not (run / "patcher.yaml").exists()
