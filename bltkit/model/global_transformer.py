@@ -21,7 +21,8 @@ class GlobalTransformer(nn.Module):
     def __init__(self, cfg: StackConfig, input_dim: int):
         super().__init__()
         self.cfg, self.input_dim = cfg, input_dim
-        # input_dim -> G only when the widths differ (§5; pitfall 20).
+        # input_dim -> G only when the widths differ, as in the reference (docs/architecture.md,
+        # "Data flow"), so converted checkpoints have exactly its tensors.
         self.token_embedding_projection: Optional[nn.Linear] = (
             nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None
         )

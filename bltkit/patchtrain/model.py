@@ -6,11 +6,11 @@
       --norm, output--> logits (B, T, 260) fp32,  T = N / K
 
 The backbone *is* ``bltkit.model.global_transformer.GlobalTransformer`` (built from the
-``ByteLMConfig``, a ``StackConfig`` like the BLT's ``global_model``), not a copy: the same code path initialises it (blt-reference
-pitfall 23) and its state-dict keys (``global_transformer.layers.*``) are BLT's, so a
+``ByteLMConfig``, a ``StackConfig`` like the BLT's ``global_model``), not a copy: the same code path initialises it (the rules listed in
+``ByteLatentTransformer.init_weights``) and its state-dict keys (``global_transformer.layers.*``) are BLT's, so a
 patch-trained ByteLM can initialise a BLT's global transformer (``init_blt_global_from``).
 RoPE positions count patches in the patch phase and bytes otherwise (no rescaling). With
-``doc_reset`` attention is block-causal: a patch (or byte) holding an EOS ends its document (§5).
+``doc_reset`` attention is block-causal: a patch (or byte) holding an EOS ends its document (docs/architecture.md, "Masks").
 """
 from __future__ import annotations
 
