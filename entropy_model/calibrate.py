@@ -1,5 +1,5 @@
 """Threshold calibration: the entropy threshold that gives a target mean patch length on a sample
-of data (BLT paper §2.3, §4: patch size 4.5 by entropy; blt-reference §3.2).
+of data (BLT paper §2.3, §4: patch size 4.5 by entropy; docs/reference-semantics.md §4.2).
 
 The threshold of an entropy model is not portable (the reference's 1.3354 nats belongs to its
 100M model), so it is fitted to data: documents are read as in training (BOS + bytes + EOS),
@@ -13,7 +13,7 @@ comparison sees. So the search is a bisection over the sorted candidate values (
 for the relative rule the entropy rises): about 20 counts for a million bytes, each one pass of the
 vectorised rule (``bltkit.patching.boundaries``), and the result is the best achievable threshold,
 not an approximation of it. Entropies are computed like the patcher does (fp32 on CPU, bf16
-autocast on CUDA); a boundary within rounding of θ may flip under other precision (pitfall 13).
+autocast on CUDA); a boundary within rounding of θ may flip under other precision (docs/reference-semantics.md §3).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Next-byte entropies of byte rows under a scorer (blt-reference §2 "Entropy definition",
-"Batching and length handling"; pitfalls 13, 14).
+"""Next-byte entropies of byte rows under a scorer (docs/reference-semantics.md §3: rows scored
+independently, entropies rounded as the reference stores them).
 
 ``H_t = -Σ_v p_t(v) ln p_t(v)`` over the 260 ids, in **nats**: the uncertainty about byte t+1
 given bytes ≤ t. Uniform logits give ln 260 ≈ 5.5607.

@@ -1,5 +1,5 @@
 """The entropy model: a small byte-level LM whose next-byte uncertainty decides where patches
-start (blt-reference §2; BLT paper §2.3).
+start (docs/reference-semantics.md §3; BLT paper §2.3).
 
 Axes: B batch rows, T byte positions, D model width, V vocabulary (260).
 
@@ -7,7 +7,7 @@ It is the reference ``LMTransformer``: ``tok_embeddings`` -> ``layers.{i}`` (the
 ``TransformerBlock``) -> ``norm`` -> ``output`` (no bias, no weight tying). The parameter names are
 the reference's, so its checkpoints import by name.
 
-Attention is *local block-causal* (§2, pitfall 8): query t sees keys s with ``t - window < s <= t``
+Attention is *local block-causal* (docs/reference-semantics.md §3, §8.1): query t sees keys s with ``t - window < s <= t``
 in the same document, a document ending at and including EOS. RoPE positions are absolute in the
 row and are not reset at documents. One layer sees ``window - 1`` positions back, so the whole
 stack's output at t depends on positions ``t - receptive_field .. t`` only, with
@@ -17,7 +17,7 @@ identical results (``entropy_model.entropies``); an overlap of only ``window - 1
 for more than one layer.
 
 Unlike the reference loader this module never switches the global dtype nor names a device
-(layout.md): precision is the caller's autocast; logits come back in fp32. The loss lives outside
+(docs/contributing.md): precision is the caller's autocast; logits come back in fp32. The loss lives outside
 (the trainer computes cross-entropy on ``model(ids)``).
 """
 from __future__ import annotations
@@ -45,13 +45,13 @@ PATCHER_FILE = "patcher.yaml"  # written by ``bltkit calibrate`` beside the weig
 class EntropyModelConfig(StackConfig):
     """Sizes of the entropy model: a ``bltkit.nn.StackConfig`` (the config of every bltkit stack)
     with the LM's own fields. The reference "transformer_100m" is dim 768, 14 layers, 12 heads,
-    window 512, rope_theta 10000 (its loader hard-codes the last two; §2)."""
+    window 512, rope_theta 10000 (its loader hard-codes the last two; docs/reference-semantics.md §3)."""
 
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 4
     rope_theta: float = 10000.0
-    window: Optional[int] = 512  # None: full causal attention (HF BltPatcher behaviour, §2)
+    window: Optional[int] = 512  # None: full causal attention (HF BltPatcher behaviour, docs/reference-semantics.md §3)
     vocab_size: int = VOCAB_SIZE
     max_seqlen: int = 8192  # the reference's training row length; entropies.py chunks rows near it
     attn_impl: Literal["sdpa", "flex", "auto"] = "auto"  # auto: flex on CUDA, sdpa elsewhere
@@ -148,7 +148,7 @@ class EntropyModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Trunc-normal at ±3σ (pitfall 23): σ = dim^-0.5 for ``tok_embeddings`` and ``output``;
+        """Trunc-normal at ±3σ (docs/reference-semantics.md §13): σ = dim^-0.5 for ``tok_embeddings`` and ``output``;
         each block's attention/FFN by its own ``reset_parameters`` (dim^-0.5, w2 hidden^-0.5);
         norm weights 1."""
         std = self.config.dim ** -0.5

@@ -1,5 +1,5 @@
 """Offline entropies: every document's per-id entropies written once to disk shards, so training
-patches without running the entropy model (blt-reference §2 "Batching", §7.3 step 1; the
+patches without running the entropy model (docs/reference-semantics.md §3, §4.5; the
 reference's ``preprocess_entropies.py`` writes float16 arrow columns).
 
     OUT/

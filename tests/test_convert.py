@@ -34,7 +34,7 @@ def normalized(cfg):
 
 
 def reference_params(cfg) -> dict:
-    """The reference's ByteLatentTransformerArgs fields (blt-reference §9, §11.2) for ``cfg``."""
+    """The reference's ByteLatentTransformerArgs fields (docs/reference-semantics.md §15) for ``cfg``."""
     e, g, d, c = cfg.encoder, cfg.global_model, cfg.decoder, cfg.cross_attn
     assert e.ffn_dim_multiplier == g.ffn_dim_multiplier == d.ffn_dim_multiplier
     assert e.norm_eps == g.norm_eps == d.norm_eps  # the reference has one norm_eps
@@ -269,7 +269,7 @@ def test_from_reference_with_its_entropy_model(tmp_path, ref_model, capsys):
     from entropy_model.model import EntropyModel, EntropyModelConfig
 
     torch.manual_seed(2)
-    # The reference loader's fixed semantics (blt-reference §2): window 512, EOS reset, theta 10000.
+    # The reference loader's fixed semantics (docs/reference-semantics.md §3): window 512, EOS reset, theta 10000.
     em = EntropyModel(EntropyModelConfig(dim=32, n_layers=2, n_heads=4)).eval()
     src = write_reference(tmp_path / "ref", ref_model)
     em_dir = src / "entropy_model"

@@ -1,4 +1,4 @@
-"""Data sources, the built-in corpus, mixtures and the resumable loader (blt-reference §7.3).
+"""Data sources, the built-in corpus, mixtures and the resumable loader (docs/reference-semantics.md §12.3).
 No network: Hugging Face datasets are local (``save_to_disk``, ``load_dataset("json", ...)``)."""
 import io
 import json

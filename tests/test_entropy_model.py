@@ -1,4 +1,4 @@
-"""Entropy model (blt-reference §2): names, masks, persistence, entropies, streaming, bad input."""
+"""Entropy model (docs/reference-semantics.md §3): names, masks, persistence, entropies, streaming, bad input."""
 import math
 
 import pytest

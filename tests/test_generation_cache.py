@@ -1,4 +1,4 @@
-"""Cached generation equals full recomputation (blt-reference §8, pitfall 22).
+"""Cached generation equals full recomputation (docs/reference-semantics.md §14).
 
 The cached path (entropy-model, encoder, global and decoder KV caches; boundaries decided byte by
 byte) must give the logits and bytes of rerunning ``Patcher(prefix, include_next_token=True)``

@@ -3,7 +3,7 @@
 A tiny ``BltForCausalLM`` with random weights (norm weights randomised too, so a swapped norm
 cannot hide) is saved, converted with the CLI, and must give the same logits in bltkit; the
 ``--to hf`` direction must load in transformers with every tensor used and give the same logits
-again. A last group documents blt-reference §11.3: bltkit's reference defaults (512 window, EOS
+again. A last group documents docs/reference-semantics.md §16: bltkit's reference defaults (512 window, EOS
 reset, block-causal global) differ from HF exactly where those semantics differ.
 """
 import json
@@ -266,7 +266,7 @@ def test_from_hf_refuses_what_bltkit_cannot_hold(tmp_path, hf_dir, capsys):
     assert "encoder_config.num_key_value_heads 2" in capsys.readouterr().err
 
 
-# ---- blt-reference §11.3: where the reference defaults and HF part ways ---------------------------
+# ---- docs/reference-semantics.md §16: where the reference defaults and HF part ways ---------------------------
 def reference_semantics(cfg, window):
     from dataclasses import replace
 

@@ -45,7 +45,7 @@ def random_batch(b, n, seed=0, max_len=8, eos_rate=0.05):
 
 # ---- reference rules ------------------------------------------------------------------------------
 def test_hash_test_vectors():
-    """blt-reference §4.1 test vectors: int64 wraparound, floor-mod, oldest byte power 0."""
+    """docs/reference-semantics.md §6 test vectors: int64 wraparound, floor-mod, oldest byte power 0."""
     ids = torch.tensor([[1, 76, 105, 112, 112, 115]])  # BOS + "Hello"
     assert byte_group_hash(ids, 3, 1000000007, 500002).tolist() == [[443987, 124875, 393970, 386145, 358223, 190185]]
     assert byte_group_hash(ids, 4, 1000000007, 500002).tolist() == [[437197, 433869, 117936, 254402, 246577, 30240]]
@@ -54,7 +54,7 @@ def test_hash_test_vectors():
 
 
 def test_patch_ids_worked_example():
-    """blt-reference §3.2: pl [1,2,3,2,1] -> pid and the one-patch-lag dpid = pid(i+1) - 1."""
+    """docs/reference-semantics.md §5: pl [1,2,3,2,1] -> pid and the one-patch-lag dpid = pid(i+1) - 1."""
     pl = torch.tensor([[1, 2, 3, 2, 1]])
     pid = patch_ids_from_lengths(pl, 8)
     dpid = decoder_patch_ids(pl, 8)
@@ -169,7 +169,7 @@ def test_future_bytes_do_change_later_logits(tiny):
 
 
 def test_documents_do_not_see_each_other():
-    """After EOS, local attention and the block-causal global model restart (pitfall 8); only the
+    """After EOS, local attention and the block-causal global model restart (docs/reference-semantics.md §8.1); only the
     hash n-grams reach back across the boundary (n-1 bytes), as in the reference."""
     m = ByteLatentTransformer(load_blt_config("tiny")).eval()
     max_n = max(m.config.hash.group_sizes)

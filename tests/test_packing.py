@@ -1,4 +1,4 @@
-"""Packing invariants (blt-reference §3.6, §7.3, pitfalls 17-18), checked against a direct model
+"""Packing invariants (docs/reference-semantics.md §5, §12.2, §12.3), checked against a direct model
 of the concatenated document stream."""
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,7 @@ def test_document_patch_lengths_checks_the_patcher():
 
 def toy_logits(batch: dict) -> torch.Tensor:
     """A deterministic stand-in for BLT: each position's logits depend on its byte, its encoder
-    patch and the decoder patch it reads (§3.6), as a model's would."""
+    patch and the decoder patch it reads (docs/reference-semantics.md §5), as a model's would."""
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(260, 260, generator=g)
     pemb = torch.randn(64, 260, generator=g)
@@ -199,7 +199,7 @@ def toy_logits(batch: dict) -> torch.Tensor:
 
 
 def masked_mean(logits, targets, mask):
-    """blt-reference §7.1: per-byte cross-entropy times mask over mask.sum()."""
+    """docs/reference-semantics.md §12.1: per-byte cross-entropy times mask over mask.sum()."""
     tok = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
     return (tok * mask).sum() / mask.sum()
 
@@ -227,7 +227,7 @@ def test_packed_equals_padded_loss(docs, p):
         count += r.ids.numel()
     assert count == int(batch["mask"].sum())
     assert abs(packed.item() - total / count) < 1e-4
-    # Eval's ignore_index=0 form (§7.1) agrees: BOE is never a real target.
+    # Eval's ignore_index=0 form (docs/reference-semantics.md §12.1) agrees: BOE is never a real target.
     ce = F.cross_entropy(toy_logits(batch).flatten(0, 1), batch["targets"].flatten(), ignore_index=BOE_ID,
                          reduction="sum")
     assert abs(ce.item() / count - packed.item()) < 1e-4

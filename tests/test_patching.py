@@ -1,4 +1,4 @@
-"""Patching schemes (blt-reference §3): the worked example, edge rules, invariants on random bytes."""
+"""Patching schemes (docs/reference-semantics.md §4): the worked example, edge rules, invariants on random bytes."""
 import math
 
 import pytest

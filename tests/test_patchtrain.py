@@ -1,5 +1,5 @@
 """Fixed-K patch-level training (bltkit.patchtrain): the model, the loss, the rows, the phases,
-the FLOP accounting and the user mistakes (patch-training.md)."""
+the FLOP accounting and the user mistakes (docs/fixed-k.md)."""
 import math
 
 import pytest

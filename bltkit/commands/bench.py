@@ -3,7 +3,7 @@
 Prints one JSON object a figure (a line each) and a readable table: real bytes a second, model
 FLOPs utilisation (dense bf16 peak; none on CPU), peak memory, and, when transformers is
 installed, the same figure for HF's BltForCausalLM built from the same config in this process,
-with the ratio bltkit / HF. Defaults reproduce the anchor (shared/anchors/README.md): bench-s,
+with the ratio bltkit / HF. Defaults reproduce the anchor (docs/benchmarks.md, "The anchor"): bench-s,
 8 rows of 4096 bytes, fixed patch lengths 1..8. See docs/benchmarks.md.
 
   bltkit bench                                   # all figures at the anchor's settings (GPU)

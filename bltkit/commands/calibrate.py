@@ -8,7 +8,7 @@ fit, so one long document never reads past it), computes their entropies once, a
 threshold so that Σ ids / Σ patches is closest to the target (global threshold, or the relative
 one with --monotonic). Prints the achieved mean and a
 histogram of patch lengths and writes DIR/patcher.yaml, which `bltkit patch`, `precompute`, the
-trainer and inference read. See entropy_model/calibrate.py and blt-reference §3.2.
+trainer and inference read. See entropy_model/calibrate.py and docs/reference-semantics.md §4.2.
 """
 from __future__ import annotations
 

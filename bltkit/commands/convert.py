@@ -6,7 +6,7 @@
 
 The converted model gives the same logits as the source for the same ids and patch lengths.
 HF's BLT differs from the reference in attention masks and cross-attention details
-(blt-reference §11.3); bltkit holds both behaviours as config options, so --from hf and
+(docs/reference-semantics.md §16); bltkit holds both behaviours as config options, so --from hf and
 --from reference are exact. --to hf refuses a model whose HF counterpart would compute something
 else (sliding-window or EOS-reset local attention, block-causal global attention, ...) unless
 --allow-semantic-change is given, and then it lists each change. Only safetensors (and, for the

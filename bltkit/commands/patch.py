@@ -1,4 +1,4 @@
-"""Show text split into patches, with each byte's entropy (blt-reference §3).
+"""Show text split into patches, with each byte's entropy (docs/reference-semantics.md §4).
 
     bltkit patch --entropy-model runs/entropy "The quick brown fox"        # calibrated threshold
     bltkit patch --scheme static --patch-size 4 "The quick brown fox"

@@ -2,7 +2,7 @@
 
     bltkit train-entropy tiny --out runs/entropy-tiny       # configs/train/entropy-tiny.yaml (kind: entropy)
 
-The same loop as ``bltkit train`` with the entropy task (blt-reference §7.2): a plain byte LM,
+The same loop as ``bltkit train`` with the entropy task (docs/reference-semantics.md §12.2): a plain byte LM,
 ``model(ids) -> logits``. OUT/model/ (config.yaml + model.safetensors) loads with
 ``EntropyModel.from_pretrained``; OUT is also a bundle of kind ``entropy``; the held-out bits per
 byte are printed and logged in OUT/metrics.jsonl.

@@ -13,7 +13,7 @@
 Every variant reads the same data settings (``base.data``), so all are scored on the same held-out
 rows; a variant's ``set`` overrides (``key=value``, as ``bltkit train --set``) may change its
 optimiser, schedule and batch size but not the data. BLT variants may also run the two-phase
-schedule (patch-training.md, "natural extension"): ``patch_fraction`` λ of the bytes with
+schedule (docs/fixed-k.md, "With BLT"): ``patch_fraction`` λ of the bytes with
 ``patch_phase_patcher`` (default static ``patch_size``-byte patches), then ``patcher``.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The entropy model behind the entropy-patched variants: one model, trained (or given) once per
-comparison, its threshold calibrated to a target mean patch length (BLT paper §2.3; blt-reference
-§2, §3.4), then shared by every variant whose ``patcher.scheme`` is ``entropy``.
+comparison, its threshold calibrated to a target mean patch length (BLT paper §2.3;
+docs/reference-semantics.md §3, §4.4), then shared by every variant whose ``patcher.scheme`` is ``entropy``.
 
 Training goes through the one loop (kind ``entropy``, ``bltkit train-entropy``); calibration and
 patching through the patching package (``entropy_model.calibrate``, ``bltkit.patching.resolve_patcher``).

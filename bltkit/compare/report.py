@@ -1,6 +1,6 @@
 """The comparison's outputs: ``results.json`` (every figure), ``results.md`` (the table) and
 ``bpb_vs_flops.png`` (held-out bits per byte against cumulative training FLOPs, one curve per
-variant; matplotlib, headless). Bits per byte and FLOPs as measurement.md defines them.
+variant; matplotlib, headless). Bits per byte and FLOPs as docs/measurement.md §1-§2 defines them.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Each variant is planned (``patchtrain.schedule.plan``: steps from the budget, me
 variant's own batches) and run with the one training loop (``run_phases``); its directory
 ``OUT/<name>/`` is the final phase's bundle (``bltkit.load`` reads it). A fixed-K variant's
 patch phase lives in ``OUT/<name>/patch_phase/``. Held-out bits per byte are the loop's, on the
-rows of ``base.data`` that every variant shares (measurement.md); training FLOPs are the loop's
+rows of ``base.data`` that every variant shares (docs/measurement.md §1); training FLOPs are the loop's
 cumulative count (3 x forward, ``training.flops``); the entropy model's patching FLOPs are
-reported apart (measurement.md "FLOPs"). ``mean_patch_length`` is training bytes per position of
+reported apart (docs/measurement.md §2). ``mean_patch_length`` is training bytes per position of
 the global / backbone model: the BLT's patches, K for a patch phase, 1 for a byte phase.
 """
 from __future__ import annotations

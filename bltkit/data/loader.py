@@ -1,5 +1,5 @@
 """The training data loader: a seeded, resumable stream of packed batches from a source mixture,
-with a held-out split that training never sees (blt-reference §7.3).
+with a held-out split that training never sees (docs/reference-semantics.md §12.3).
 
 Pipeline: ``Mixture`` (weighted, seeded document draws) -> ``BOS + bytes + EOS`` -> patch lengths
 (``patch_fn`` on the fly, or ``keyed_patch_fn`` for precomputed per-document entropies) ->
@@ -61,12 +61,12 @@ class DataConfig:
       ``"patches"`` -- the reference BLT packing, rows of ``seq_len`` patches (needs a patch function).
     - ``max_bytes``: patches packing only: rows longer than this many input bytes are cut, and
       with ``pad_to_max_bytes`` every batch is padded to exactly this width (the reference's
-      ``max_encoder_seq_length`` / ``pad_to_max_length``, §7.3 step 5). Without it the width is
+      ``max_encoder_seq_length`` / ``pad_to_max_length``, docs/reference-semantics.md §12.3). Without it the width is
       the longest row of the batch.
     - ``batch_size``: the **global** batch (rows over all ranks).
     - ``shuffle_buffer``: rows shuffled together (block shuffle); 1 keeps packing order.
     - ``final_target``: bytes packing only: ``"masked"`` -- each row's last target is the
-      reference's BOE pad, masked (pitfall 18); ``"next"`` -- the real next byte (rows overlap by
+      reference's BOE pad, masked (docs/reference-semantics.md §12.2); ``"next"`` -- the real next byte (rows overlap by
       one byte, every byte is scored).
     """
 

@@ -1,25 +1,25 @@
-"""Packing documents into model rows, in the reference's conventions (blt-reference §3.6, §7.3,
-pitfalls 17-18). Axes: B rows, N input bytes per row, P patches per row.
+"""Packing documents into model rows, in the reference's conventions (docs/reference-semantics.md §5, §12.3,
+docs/reference-semantics.md §12.2, §12.3). Axes: B rows, N input bytes per row, P patches per row.
 
 Input: a stream of documents, each as ids ``BOS + bytes + EOS`` with its own patch lengths
 (``include_next_token=False``: they sum to the document length; any ``patch_fn`` gives them).
 Output rows hold ``ids`` (x), ``targets`` (y), a loss ``mask`` and ``patch_lengths`` with
 
-- ``sum(patch_lengths) == N + 1`` (the last patch holds the target of the last byte, §3.6),
+- ``sum(patch_lengths) == N + 1`` (the last patch holds the target of the last byte, docs/reference-semantics.md §5),
 - ``patch_lengths[0] == 1`` (a row that starts inside a patch splits it into ``[1, L-1]``),
 - padding with BOE (0): ``mask`` False there and the pad count folded into the last patch.
 
 Two packers:
 
-``PatchPacker(patches_per_row)`` -- the reference's BLT packing (§7.3 steps 3-4): concatenate
+``PatchPacker(patches_per_row)`` -- the reference's BLT packing (docs/reference-semantics.md §12.3): concatenate
 documents and cut sequences of exactly ``P`` patches, so the byte count varies; a first patch
 longer than 1 is split and the last patch (with its bytes) dropped, keeping P; then
 ``x = tokens[:-1]``, ``y = tokens[1:]``. The last byte of each sequence is a target only.
 
 ``BytePacker(row_len)`` -- rows of exactly ``row_len`` stream bytes (the entropy model's BYTES
-packing, §7.2, benchmark-style fixed-byte rows, the fixed-K patch phase with ``row_len = K*T``):
+packing, docs/reference-semantics.md §12.2, benchmark-style fixed-byte rows, the fixed-K patch phase with ``row_len = K*T``):
 ``x = tokens``, ``y = tokens[1:] + [BOE]``. The reference trains on that final BOE target
-(pitfall 18); **we mask it**, so every real target is a real next byte. Every model type (byte
+(docs/reference-semantics.md §12.2); **we mask it**, so every real target is a real next byte. Every model type (byte
 LM, fixed-K patches, BLT) then sees the same row grid and scores the same targets, which keeps
 bits-per-byte comparable. (``final_target="next"`` instead scores the real next byte there.) With ``with_patches=True`` the document patch lengths are cut at the
 row boundary (the cut patch's tail opens the next row, split into ``[1, L-1]``) and the masked
@@ -56,7 +56,7 @@ class Row:
 
 
 def document_ids(doc: bytes) -> torch.Tensor:
-    """BOS + bytes + EOS as int64 ids (blt-reference §1, §7.3 step 2)."""
+    """BOS + bytes + EOS as int64 ids (docs/reference-semantics.md §2, §4.5)."""
     return encode_tensor(doc, bos=True, eos=True)
 
 
@@ -82,7 +82,7 @@ def document_patch_lengths(ids: torch.Tensor, patch_fn: PatchFn, where: str = "d
 
 
 def first_patch_one(pl: torch.Tensor) -> torch.Tensor:
-    """Split a first patch of length L > 1 into ``[1, L-1]`` (pitfall 17)."""
+    """Split a first patch of length L > 1 into ``[1, L-1]`` (docs/reference-semantics.md §12.3)."""
     if pl.numel() and int(pl[0]) > 1:
         return torch.cat([pl.new_tensor([1, int(pl[0]) - 1]), pl[1:]])
     return pl
@@ -137,7 +137,7 @@ class _Buffer:
 
 
 class PatchPacker:
-    """Rows of exactly ``patches_per_row`` patches, the reference BLT packing (§7.3 steps 3-4)."""
+    """Rows of exactly ``patches_per_row`` patches, the reference BLT packing (docs/reference-semantics.md §12.3)."""
 
     def __init__(self, patches_per_row: int):
         if patches_per_row < 2:
@@ -162,7 +162,7 @@ class PatchPacker:
             seq = self.buf.ids[:n]
             self.buf.pl, self.buf.ids = self.buf.pl[self.p:], self.buf.ids[n:]
             if int(seq_pl[0]) > 1:
-                # Split the first patch, drop the last one with its bytes: P stays fixed (pitfall 17).
+                # Split the first patch, drop the last one with its bytes: P stays fixed (docs/reference-semantics.md §12.3).
                 seq_pl = first_patch_one(seq_pl)[: self.p]
                 seq = seq[: int(seq_pl.sum())]
             rows.append(self._row(seq, seq_pl))
@@ -230,14 +230,14 @@ class BytePacker:
         else:
             y = torch.cat([tok[1:], tok.new_tensor([BOE_ID])])
             mask = torch.ones(n, dtype=torch.bool)
-            mask[-1] = False  # the reference's BOE target at the row end (§7.2, pitfall 18): masked
+            mask[-1] = False  # the reference's BOE target at the row end (docs/reference-semantics.md §12.2): masked
         pl = None
         if self.with_patches:
             if nxt:
                 pl = first_patch_one(cut_patch_lengths(self.buf.pl, n + 1))
             else:
                 pl = first_patch_one(cut_patch_lengths(self.buf.pl, n))
-                # The masked virtual target: sum == N + 1 (§3.6); in the last patch, unless that is
+                # The masked virtual target: sum == N + 1 (docs/reference-semantics.md §5); in the last patch, unless that is
                 # the 1-byte first patch, which must stay 1.
                 pl = torch.cat([pl, pl.new_tensor([1])]) if pl.numel() == 1 else pl
                 if int(pl.sum()) == n:
@@ -271,7 +271,7 @@ class BytePacker:
 
 
 def truncate_row(row: Row, max_len: int) -> Row:
-    """Cut a row to ``max_len`` input bytes, shortening the boundary patch (§7.3 step 5)."""
+    """Cut a row to ``max_len`` input bytes, shortening the boundary patch (docs/reference-semantics.md §12.3)."""
     if row.ids.numel() <= max_len:
         return row
     pl = None if row.patch_lengths is None else cut_patch_lengths(row.patch_lengths, max_len + 1)
@@ -307,7 +307,7 @@ def collate(rows: Sequence[Row], pad_to: Optional[int] = None) -> dict:
         pl = torch.zeros((b, p), dtype=torch.int64)
         for i, r in enumerate(rows):
             q = r.patch_lengths.clone()
-            q[-1] += n - r.ids.numel()  # padding folded into the last patch (§7.3 step 4)
+            q[-1] += n - r.ids.numel()  # padding folded into the last patch (docs/reference-semantics.md §12.3)
             pl[i, : q.numel()] = q
         out["patch_lengths"] = pl
     return out

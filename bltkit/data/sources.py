@@ -1,6 +1,6 @@
 """Where documents come from: files, folders, globs, the built-in corpus and Hugging Face datasets,
 mixed with weights. A document is raw ``bytes``; the loader turns it into BOS + bytes + EOS
-(blt-reference §1, §7.3 step 2).
+(docs/reference-semantics.md §2, §4.5).
 
 Source specs (``SourceConfig.path``):
 

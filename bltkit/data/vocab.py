@@ -1,4 +1,4 @@
-"""The byte vocabulary: 260 ids, raw byte b is id b + 4 (blt-reference §1).
+"""The byte vocabulary: 260 ids, raw byte b is id b + 4 (docs/reference-semantics.md §2).
 
 | id  | name | use                                                             |
 |-----|------|-----------------------------------------------------------------|

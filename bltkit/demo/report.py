@@ -2,7 +2,7 @@
 pictures, how to go on) and ``demo.json`` (every figure, for scripts and tests).
 
 The table is the comparison's own (``bltkit.compare.report.results_table``): held-out bits per
-byte, training FLOPs (3 x forward, measurement.md) and mean patch length per variant, at the
+byte, training FLOPs (3 x forward, docs/measurement.md §2) and mean patch length per variant, at the
 budget the config names; the per-variant figures are in ``results.json`` beside it.
 """
 from __future__ import annotations

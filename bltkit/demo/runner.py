@@ -1,10 +1,10 @@
 """The demo's steps in order (``bltkit demo``), each reported as it starts and timed:
 
 1. the entropy model: trained with the one loop (kind ``entropy``) and its threshold calibrated to
-   the target mean patch length (BLT paper §2.3; blt-reference §2, §3.2), by the comparison's
+   the target mean patch length (BLT paper §2.3; docs/reference-semantics.md §3, §4.2), by the comparison's
    ``EntropyPatching``;
 2. the variants (by default the BLT with entropy patches, fixed-K patch training with K=4, λ=2/3,
-   and the byte-level baseline; patch-training.md) trained at one matched FLOP budget
+   and the byte-level baseline; docs/fixed-k.md) trained at one matched FLOP budget
    (``bltkit.compare.runner.run_variant``: steps planned from the budget, measured on each
    variant's own batches), the comparison's table and plot rewritten after each;
 3. the trained entropy model patching a held-out text, with a picture of entropies and boundaries;

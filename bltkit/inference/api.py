@@ -16,7 +16,7 @@ YAML and safetensors only.
 
 Device and dtype (``bltkit.runtime``): CUDA with bf16 weights when a GPU is present, else CPU
 with fp32; both can be given, and a device this machine lacks is a one-line error. Generation uses every cache by default (``use_cache=False`` reruns the patcher and the
-model on the whole prefix every byte, as the reference does: blt-reference §8).
+model on the whole prefix every byte, as the reference does: docs/reference-semantics.md §14).
 
 Context: a BLT has no position table, so the limit is a choice: ``max_context`` bytes (BOS +
 prompt + new bytes, default 16384) bound the caches. A longer request is an error naming the

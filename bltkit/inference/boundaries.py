@@ -1,4 +1,4 @@
-"""Patch boundaries decided byte by byte, as generation needs them (blt-reference §3.2-3.4, §8).
+"""Patch boundaries decided byte by byte, as generation needs them (docs/reference-semantics.md §4.2-§4.4, §14).
 
 After byte n is fed, the generator must know whether position c = n + 1 starts a patch: that is
 the last boundary ``Patcher(prefix, include_next_token=True)`` decides on a prefix of n + 1 ids.
@@ -16,7 +16,7 @@ only), so deciding the boundaries one byte at a time gives exactly the full-pref
 | byte      | always                                                                           |
 
 Entropies are rounded to float16 first when the rule says so (``entropies_fp16``), as ``Patcher``
-does. ``max_patch_length`` m then splits every long patch into m, m, ..., rest from its start (§3.4),
+does. ``max_patch_length`` m then splits every long patch into m, m, ..., rest from its start (docs/reference-semantics.md §4.4),
 the same as also starting a patch whenever the open patch already holds m bytes. Tests check
 these decisions against ``Patcher`` on random bytes and entropies.
 
@@ -33,7 +33,7 @@ from ..data.vocab import OFFSET
 from ..patching.config import PatcherConfig
 
 def _space_like(ids: torch.Tensor) -> torch.Tensor:
-    """Special ids and bytes that are not [0-9A-Za-z] nor UTF-8 continuation bytes (§3.3)."""
+    """Special ids and bytes that are not [0-9A-Za-z] nor UTF-8 continuation bytes (docs/reference-semantics.md §4.3)."""
     b = ids - OFFSET
     alnum = ((b >= 48) & (b <= 57)) | ((b >= 65) & (b <= 90)) | ((b >= 97) & (b <= 122))
     cont = (b >= 0x80) & (b < 0xC0)
@@ -85,7 +85,7 @@ class OnlineBoundaries:
                 nat = h > r.threshold
             elif r.scheme == "monotonic":
                 nat = (h - prev > r.threshold) | (c == 2)
-            else:  # global threshold and a monotonic rise (§3.2 "global + monotonicity")
+            else:  # global threshold and a monotonic rise (docs/reference-semantics.md §4.2)
                 nat = ((h - prev > r.threshold_add) & (h > r.threshold) & (c != 3)) | (c == 2)
             carry(self.prev_h, h)
         elif r.scheme == "space":

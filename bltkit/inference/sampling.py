@@ -17,7 +17,7 @@ import torch
 
 @dataclass
 class SamplingParams:
-    temperature: float = 0.0  # 0 = greedy (argmax), as the reference generator does by default (§8)
+    temperature: float = 0.0  # 0 = greedy (argmax), as the reference generator does by default (docs/reference-semantics.md §14)
     top_k: Optional[int] = None  # keep the k most likely bytes; None or 0 = all
     top_p: Optional[float] = None  # keep the smallest set with mass >= top_p; None or 1 = all
 

@@ -2,13 +2,13 @@
 
 Why separate: the entropy model belongs to the ``entropy_model`` package (the patching
 engineer's), which bltkit's converters must not require. Both foreign formats name it like the
-reference ``LMTransformer`` (blt-reference §2): ``tok_embeddings``, ``layers.{i}.attention.wq``,
+reference ``LMTransformer`` (docs/reference-semantics.md §3): ``tok_embeddings``, ``layers.{i}.attention.wq``,
 ``feed_forward.w1``, ``attention_norm``, ``ffn_norm``, ``norm``, ``output`` (HF's
 ``model.patcher.*`` is renamed to these in ``hf.py``). When ``entropy_model.model.EntropyModel``
 is not installed, ``build`` returns ``None`` with the reason and the converters say so instead of
 failing: the BLT itself converts either way.
 
-Semantics (§2, §11.3.1): the reference loader hard-codes a 512 sliding window with EOS resets
+Semantics (docs/reference-semantics.md §3, §16.1): the reference loader hard-codes a 512 sliding window with EOS resets
 and RoPE theta 10000; HF's patcher is plain causal with its own ``rope_parameters``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from ..nn.stack import StackConfig
 
-REFERENCE_ENTROPY_WINDOW = 512  # load_entropy_model hard-codes it (blt-reference §2)
+REFERENCE_ENTROPY_WINDOW = 512  # load_entropy_model hard-codes it (docs/reference-semantics.md §3)
 REFERENCE_ENTROPY_THETA = 10000.0  # rope_theta is not passed on by load_entropy_model
 
 
@@ -40,7 +40,7 @@ def spec_from_hf(pc: Any) -> StackConfig:
 
 
 def spec_from_reference(args: dict, source: str) -> StackConfig:
-    """The reference loader keeps only dim, n_layers, n_heads, ffn_dim_multiplier (§2)."""
+    """The reference loader keeps only dim, n_layers, n_heads, ffn_dim_multiplier (docs/reference-semantics.md §3)."""
     try:
         dim, n_layers, n_heads = int(args["dim"]), int(args["n_layers"]), int(args["n_heads"])
     except KeyError as e:

@@ -1,9 +1,9 @@
 """Hugging Face transformers' BLT (``BltConfig`` / ``BltForCausalLM``, pinned 5.17.0) <-> bltkit.
 
 Why this exists: a converted model must give the *same logits* in both libraries, so every HF
-behaviour that differs from the reference (blt-reference §11.3) is expressed by a bltkit option:
+behaviour that differs from the reference (docs/reference-semantics.md §16) is expressed by a bltkit option:
 
-| HF behaviour (§11.3)                                  | bltkit config                               |
+| HF behaviour                                          | bltkit config                               |
 |-------------------------------------------------------|---------------------------------------------|
 | local self-attention plain causal (no window, no EOS) | ``encoder/decoder.window: null, doc_reset: false`` |
 | global plain causal                                   | ``global_model.doc_reset: false``           |
@@ -13,7 +13,7 @@ behaviour that differs from the reference (blt-reference §11.3) is expressed by
 | per-component ``rope_parameters`` (5e5 by default)    | ``<stack>.rope_theta``                      |
 | per-component ``intermediate_size``, ``rms_norm_eps`` | ``<stack>.ffn_hidden``, ``<stack>.norm_eps`` |
 
-Weights map by renaming path segments (§11.2): ``self_attn``/``attention``, ``q_proj``/``wq``,
+Weights map by renaming path segments (docs/reference-semantics.md §16): ``self_attn``/``attention``, ``q_proj``/``wq``,
 ``mlp.gate_proj``/``feed_forward.w1``, ``up_proj``/``w3``, ``down_proj``/``w2``,
 ``input_layernorm``/``attention_norm``, ``post_attention_layernorm``/``ffn_norm``,
 ``embed_tokens``/``tok_embeddings``, cross ``q_norm``/``cross_attn_norm_q``,
@@ -190,7 +190,7 @@ def hf_patcher_settings(hfc: Any, entropy_subdir: Optional[str]) -> dict:
     """Bundle patcher settings that reproduce what HF's forward does without ``patch_lengths``.
 
     HF patches by entropy only with ``patch_in_forward`` and ``patching_mode: entropy``; otherwise
-    every byte is a patch (§11.3.2).
+    every byte is a patch (docs/reference-semantics.md §16.2).
     """
     if hfc.patch_in_forward and hfc.patching_mode == "entropy" and hfc.patch_size is not None:
         # HF thresholds the entropies its patcher computes, unrounded.
@@ -224,7 +224,7 @@ def hf_blockers(cfg: BLTConfig) -> list[str]:
 
 
 def hf_semantic_changes(cfg: BLTConfig) -> list[str]:
-    """What would compute differently in HF (blt-reference §11.3); empty when logits match."""
+    """What would compute differently in HF (docs/reference-semantics.md §16); empty when logits match."""
     out = []
     for name, stack in (("encoder", cfg.encoder), ("decoder", cfg.decoder)):
         if stack.window is not None:
@@ -302,7 +302,7 @@ def blt_config_to_hf(cfg: BLTConfig, patcher: Optional[dict] = None, patcher_con
                            rms_norm_eps=g.norm_eps, max_position_embeddings=HF_GLOBAL_MAX_POSITIONS,
                            rope_parameters={"rope_type": "default", "rope_theta": float(g.rope_theta)}),
         tie_word_embeddings=False,
-        use_cache=False,  # HF's BLT cache serves only the decoder (blt-reference §8)
+        use_cache=False,  # HF's BLT cache serves only the decoder (docs/reference-semantics.md §16.9)
         bos_token_id=1,
         eos_token_id=2,
         # transformers 5.17's DynamicCache reads a top-level num_hidden_layers (the decoder's layers)

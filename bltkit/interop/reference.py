@@ -3,12 +3,13 @@
 
 Why a separate mapping: the reference names are bltkit's names (``attention.wq``,
 ``feed_forward.w1``, ``attention_norm``, ``ffn_norm``, ``cross_attn_norm_q/kv``,
-``local_decoder.output``; blt-reference §4-§6), except the hash tables, which are separate
+``local_decoder.output``; docs/reference-semantics.md §6-§11), except the hash tables, which are separate
 ``encoder_hash_tok_embedding.{i}.weight`` embeddings concatenated here in index order into the
-fused table (§4.1). The config is the flat ``ByteLatentTransformerArgs`` (§9, §11.2), possibly
-nested under ``model`` (with ``entropy_model`` and ``data.patcher_args`` beside it).
+fused table (docs/reference-semantics.md §6). The config is the flat ``ByteLatentTransformerArgs``
+(docs/reference-semantics.md §15), possibly nested under ``model`` (with ``entropy_model`` and
+``data.patcher_args`` beside it).
 
-Semantics carried over (§4.3, §5, §10, pitfall 21):
+Semantics carried over (docs/reference-semantics.md §8.1, §8.3, §15):
 - ``attn_impl: xformers``: local attention in ``(q - local_attention_window_len, q]`` that stops
   at EOS (``window``, ``doc_reset: true``); global ``attn_bias_type`` ``causal`` or
   ``block_causal`` (``local_block_causal`` on the global stack is the same EOS-patch reset);
@@ -18,7 +19,7 @@ Semantics carried over (§4.3, §5, §10, pitfall 21):
 - cross-attention heads ``cross_attn_nheads``; pooling from ``downsampling_by_pooling``; the
   encoder pools once (``repool_each_layer: false``) and empty patches give 0 (flex).
 Options bltkit does not implement are refused, naming the field: n-gram tables, the
-non-cross-attention pooling and gather paths (§4.5, §6), cross-attention windows, the BOE-prefixed
+non-cross-attention pooling and gather paths (docs/reference-semantics.md §9, §11), cross-attention windows, the BOE-prefixed
 legacy mode, and so on. Weights are read with ``torch.load(weights_only=True)``: nothing executes.
 """
 from __future__ import annotations
@@ -45,15 +46,15 @@ REFERENCE_DEFAULT_THRESHOLD = 1.335442066192627  # PatcherArgs.threshold (nats)
 # Reference fields whose non-default value selects a path bltkit does not implement.
 # field -> (value that is supported, why it matters)
 _MUST_BE = {
-    "encoder_enable_byte_ngrams": (False, "n-gram embedding tables (blt-reference §4.1) are not supported"),
-    "encoder_ngram_to_size_str": (None, "n-gram embedding tables (blt-reference §4.1) are not supported"),
-    "encoder_ngram_table_dir": (None, "n-gram embedding tables (blt-reference §4.1) are not supported"),
-    "ngram_vocab_sizes": (None, "n-gram embedding tables (blt-reference §4.1) are not supported"),
+    "encoder_enable_byte_ngrams": (False, "n-gram embedding tables (docs/reference-semantics.md §6) are not supported"),
+    "encoder_ngram_to_size_str": (None, "n-gram embedding tables (docs/reference-semantics.md §6) are not supported"),
+    "encoder_ngram_table_dir": (None, "n-gram embedding tables (docs/reference-semantics.md §6) are not supported"),
+    "ngram_vocab_sizes": (None, "n-gram embedding tables (docs/reference-semantics.md §6) are not supported"),
     "cross_attn_encoder": (True, "without encoder cross-attention the reference pools or concatenates bytes "
-                                 "into patches (§4.5), a path bltkit does not implement"),
+                                 "into patches (docs/reference-semantics.md §9), a path bltkit does not implement"),
     "cross_attn_decoder": (True, "without decoder cross-attention the reference adds gathered patch states "
-                                 "to the bytes (§6), a path bltkit does not implement"),
-    "cross_attn_init_by_pooling": (True, "patch queries must be initialised by pooling (§4.4)"),
+                                 "to the bytes (docs/reference-semantics.md §11), a path bltkit does not implement"),
+    "cross_attn_init_by_pooling": (True, "patch queries must be initialised by pooling (docs/reference-semantics.md §9)"),
     "cross_attn_window_encoder": (None, "cross-attention windows over several patches are not supported"),
     "cross_attn_window_decoder": (None, "cross-attention windows over several patches are not supported"),
     "pm_size": (0, "parameter-mixing tokens are not supported"),
@@ -65,7 +66,7 @@ _MUST_BE = {
     "architecture": ("vanilla", "only the vanilla architecture exists in bltkit"),
     "conv_kernel_size": (None, "convolutional layers are not supported"),
     "global_local_decoder_residual_layer": (None, "a global-to-decoder residual layer is not supported"),
-    "share_encoder_decoder_emb": (True, "the decoder reads the encoder's byte states (§6)"),
+    "share_encoder_decoder_emb": (True, "the decoder reads the encoder's byte states (docs/reference-semantics.md §11)"),
     "weight_tying": (False, "tied weights are not supported"),
 }
 _DEFAULTS = {  # ByteLatentTransformerArgs defaults of the fields above that a params.json may omit

@@ -6,14 +6,14 @@ Axes
   De encoder width           G  global width               Dd decoder width (= De)
   V  vocabulary (260)
 
-Data flow (blt-reference §0):
+Data flow (docs/reference-semantics.md §1):
   ids (B, N) --byte + hash n-gram embeddings--> (B, N, De)
     --local encoder: byte self-attention, then pooling + cross-attention--> patches (B, P*k, De)
     --view (B, P, k*De), global transformer over patches--> (B, P, G)
     --local decoder: byte i cross-attends to patch pid(i+1)-1, self-attention--> logits (B, N, V)
 
 ``patch_lengths`` (B, P) follow the reference: the first patch is 1 byte and every row sums to
-N + 1, the last patch holding the target of the last byte (§3.6). The model never computes
+N + 1, the last patch holding the target of the last byte (docs/reference-semantics.md §5). The model never computes
 patch lengths; patchers do (``bltkit.patching``). The loss lives outside (``bltkit.training``).
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ByteLatentTransformer(nn.Module):
         impl = self.resolve_attn_impl(ids.device, attn_impl)
         masks: BLTMasks = build_masks(ids, patch_lengths, cfg, form="flex" if impl == "flex" else "dense")
 
-        # 1. Byte embeddings: token + sum of hash n-gram rows, unscaled (§4.1).
+        # 1. Byte embeddings: token + sum of hash n-gram rows, unscaled (docs/reference-semantics.md §6).
         x = self.local_encoder.tok_embeddings(ids) + self.encoder_hash_tok_embedding(ids)  # (B, N, De)
 
         # 2. Local encoder -> byte states and k vectors a patch.
@@ -86,7 +86,7 @@ class ByteLatentTransformer(nn.Module):
         h, patches = self.local_encoder(x, rope_enc, masks.enc_local, masks.enc_cross, masks.patch_ids, p)
         # h (B, N, De); patches (B, P*k, De)
 
-        # 3. Global transformer over patches: the k vectors of a patch side by side (pitfall 6).
+        # 3. Global transformer over patches: the k vectors of a patch side by side (docs/reference-semantics.md §9).
         g_in = patches.reshape(b, p, cfg.global_input_dim)  # (B, P, k*De)
         rope_glob = rope_angles(torch.arange(p, device=ids.device), cfg.global_model.head_dim, cfg.global_model.rope_theta)
         g = self.global_transformer(g_in, rope_glob, masks.global_model)  # (B, P, G)
@@ -240,7 +240,7 @@ class ByteLatentTransformer(nn.Module):
     # ---- parameters -----------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, seed: Optional[int] = None) -> None:
-        """Set every initial value (blt-reference pitfall 23), deterministic in ``config.init_seed``:
+        """Set every initial value (docs/reference-semantics.md §13), deterministic in ``config.init_seed``:
 
         - byte and hash embeddings: trunc-normal ±3σ, σ = De^-1/2
         - wq, wk, wv, wo, w1, w3 (self and cross): σ = (layer width)^-1/2; w2: σ = hidden^-1/2

@@ -21,7 +21,7 @@ from ..nn.masks import LocalAttention
 
 @dataclass
 class HashEmbeddingConfig:
-    """Hash n-gram byte embeddings (blt-reference §4.1; paper §3.2.1)."""
+    """Hash n-gram byte embeddings (docs/reference-semantics.md §6; paper §3.2.1)."""
 
     group_sizes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])  # the n of each n-gram
     n_functions: int = 1  # hash functions, each with its own prime
@@ -40,7 +40,7 @@ class HashEmbeddingConfig:
 
 @dataclass
 class CrossAttentionConfig:
-    """Cross-attention between bytes and patches (§4.4, §6)."""
+    """Cross-attention between bytes and patches (docs/reference-semantics.md §9, §11)."""
 
     k: int = 2  # query vectors per patch (encoder) / key vectors per patch (decoder)
     n_heads: int = 4
@@ -119,12 +119,12 @@ class BLTConfig:
     # ---- derived sizes: one place -------------------------------------------------------------
     @property
     def global_input_dim(self) -> int:
-        """Width of a patch entering the global model: k encoder vectors side by side (§0 step 7)."""
+        """Width of a patch entering the global model: k encoder vectors side by side (docs/reference-semantics.md §1)."""
         return self.encoder.dim * self.cross_attn.k
 
     @property
     def global_projection(self) -> bool:
-        """The global input projection exists only when widths differ (§5)."""
+        """The global input projection exists only when widths differ (docs/reference-semantics.md §10)."""
         return self.global_input_dim != self.global_model.dim
 
     @property

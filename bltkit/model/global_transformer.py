@@ -1,7 +1,7 @@
-"""Global latent transformer over patches (blt-reference §5; BLT paper §3.1).
+"""Global latent transformer over patches (docs/reference-semantics.md §10; BLT paper §3.1).
 
 Axes: B batch, P patches, G global width. No final norm: the raw residual stream goes to the
-decoder (pitfall 11). RoPE positions count patches.
+decoder (docs/reference-semantics.md §10). RoPE positions count patches.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hash n-gram byte embeddings (blt-reference §4.1; BLT paper §3.2.1).
+"""Hash n-gram byte embeddings (docs/reference-semantics.md §6; BLT paper §3.2.1).
 
 For every position i and every (hash function f, n-gram size n), the n ids ending at i
 (left-padded with 0) are hashed with a rolling polynomial in int64 with two's-complement

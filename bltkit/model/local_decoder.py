@@ -1,9 +1,9 @@
-"""Local decoder: byte states + patch states -> next-byte logits (blt-reference §6).
+"""Local decoder: byte states + patch states -> next-byte logits (docs/reference-semantics.md §11).
 
 Axes: B batch, N bytes, P patches, k vectors a patch, D decoder width, G global width.
 Its input is the encoder's final byte states (no embedding of its own). Cross-attention comes
 *before* each block (the encoder's comes after); byte i reads the patch before its target's patch
-through the decoder cross mask (§3.6).
+through the decoder cross mask (docs/reference-semantics.md §5).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class LocalDecoder(nn.Module):
         self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
 
     def project_patches(self, g: torch.Tensor) -> torch.Tensor:
-        """(B, P, G) -> (B, P*k, D): row p*k+j is slice j of patch p (pitfall 6)."""
+        """(B, P, G) -> (B, P*k, D): row p*k+j is slice j of patch p (docs/reference-semantics.md §9)."""
         b, p, _ = g.shape
         return self.patch_embedding_projection(g).reshape(b, p * self.cross.k, -1)
 

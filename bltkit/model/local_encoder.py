@@ -1,4 +1,4 @@
-"""Local encoder: bytes -> byte states and patch vectors (blt-reference §4; BLT paper §3.2).
+"""Local encoder: bytes -> byte states and patch vectors (docs/reference-semantics.md §9; BLT paper §3.2).
 
 Axes: B batch, N bytes, P patches, k vectors a patch, D encoder width.
 """
@@ -35,7 +35,7 @@ class LocalEncoder(nn.Module):
         self.cfg, self.cross = cfg, cross
         self.tok_embeddings = nn.Embedding(vocab_size, cfg.dim)
         self.layers = transformer_blocks(cfg)
-        # Pooled patch vectors are projected to k query vectors a patch (§4.4).
+        # Pooled patch vectors are projected to k query vectors a patch (docs/reference-semantics.md §9).
         self.patch_embedding_projection = nn.Linear(cfg.dim, cfg.dim * cross.k, bias=False)
         self.cross_attn_layers = nn.ModuleList(
             CrossAttention(cfg.dim, cross.n_heads, cfg.norm_eps, cross.empty_rows)

@@ -1,5 +1,5 @@
-"""The four masks of one BLT forward, built from ids and patch lengths (blt-reference §3.6, §4.3,
-§4.4, §5, §6). Axes: B batch, N bytes, P patches, k cross vectors per patch.
+"""The four masks of one BLT forward, built from ids and patch lengths (the rules:
+docs/reference-semantics.md §5, §8). Axes: B batch, N bytes, P patches, k cross vectors per patch.
 
 | mask           | queries     | keys        | rule                                                  |
 |----------------|-------------|-------------|-------------------------------------------------------|
@@ -39,8 +39,8 @@ class BLTMasks:
 def patch_document_ids(ids: torch.Tensor, patch_ids: torch.Tensor, n_patches: int) -> torch.Tensor:
     """Document index of each patch, (B, P): the number of earlier patches holding an EOS.
 
-    The reference marks a patch EOS when it contains an EOS byte (``global_tokens``, §0 step 8)
-    and the block-causal mask starts a new block after it (§5).
+    The reference marks a patch EOS when it contains an EOS byte (``global_tokens``, docs/reference-semantics.md §1)
+    and the block-causal mask starts a new block after it (docs/reference-semantics.md §8.3).
     """
     b = ids.shape[0]
     has_eos = torch.zeros(b, n_patches, dtype=torch.int32, device=ids.device)

@@ -103,7 +103,7 @@ class KVCacheLike(Protocol):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE and optional GQA; no biases (blt-reference §4.2)."""
+    """Multi-head self-attention with RoPE and optional GQA; no biases (docs/reference-semantics.md §7)."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: Optional[int] = None, head_dim: Optional[int] = None):
         super().__init__()
@@ -140,14 +140,14 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Cross-attention between bytes and patches (blt-reference §4.4, §6).
+    """Cross-attention between bytes and patches (docs/reference-semantics.md §9, §11).
 
     Returns ``x + wo(attn(norm_q(x), norm_kv(kv)))``: the residual sits *inside* the module, and
-    callers add ``x`` once more, giving the reference's double residual (pitfall 4). No RoPE.
+    callers add ``x`` once more, giving the reference's double residual (docs/reference-semantics.md §9). No RoPE.
 
     ``empty_rows`` decides what a query with no visible key gets (an empty or virtual patch):
     ``"zero"`` (reference: FlexAttention returns 0 there) or ``"uniform"`` (Hugging Face: an additive
-    ``finfo.min`` mask turns the row into a plain average of all keys). Both are finite (pitfall 9).
+    ``finfo.min`` mask turns the row into a plain average of all keys). Both are finite (docs/reference-semantics.md §8.5).
     """
 
     def __init__(self, dim: int, n_heads: int, norm_eps: float = 1e-5, empty_rows: str = "zero"):

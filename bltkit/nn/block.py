@@ -1,4 +1,4 @@
-"""The pre-norm transformer block every bltkit stack uses (blt-reference §4.2):
+"""The pre-norm transformer block every bltkit stack uses (docs/reference-semantics.md §7):
 ``h = x + attention(attention_norm(x))``; ``out = h + feed_forward(ffn_norm(h))``.
 Parameter names follow the reference so its checkpoints import by name."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SwiGLU feed-forward: ``w2(silu(w1 x) * w3 x)`` (blt-reference §4.2)."""
+"""SwiGLU feed-forward: ``w2(silu(w1 x) * w3 x)`` (docs/reference-semantics.md §7)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Initialisation helpers: truncated normal at ±3σ (blt-reference pitfall 23)."""
+"""Initialisation helpers: truncated normal at ±3σ (docs/reference-semantics.md §13)."""
 from __future__ import annotations
 
 import torch

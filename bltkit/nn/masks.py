@@ -1,7 +1,7 @@
 """Attention masks from ids, in the forms ``attend`` accepts. Axes: B batch, T queries, S keys,
 n query blocks, L keys a block.
 
-Local (byte) attention in the reference is *local block-causal* (blt-reference §4.3, pitfall 8):
+Local (byte) attention in the reference is *local block-causal* (docs/reference-semantics.md §8.1):
 key s is visible to query t when ``s <= t``, ``t - s < window`` and both are in the same document,
 where a document ends at and includes an EOS. Positions (RoPE) are not reset at documents.
 The rule is written out in docs/reference-semantics.md, "Masks".

@@ -1,4 +1,4 @@
-"""RMSNorm computed in fp32 and cast back before the weight (as HF BLT does, blt-reference §11.3.8);
+"""RMSNorm computed in fp32 and cast back before the weight (as HF BLT does, docs/reference-semantics.md §16.8);
 identical to ``torch.nn.RMSNorm`` in fp32, steadier in bf16."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rotary position embedding on **adjacent** pairs (x_{2i}, x_{2i+1}) (blt-reference §4.2, pitfall 10).
+"""Rotary position embedding on **adjacent** pairs (x_{2i}, x_{2i+1}) (docs/reference-semantics.md §7).
 
 Angles are computed from explicit positions, so a KV cache can rotate new keys at their absolute
 positions without a precomputed table (and no table length caps the sequence).

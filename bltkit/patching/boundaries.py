@@ -1,4 +1,4 @@
-"""Patch-start rules of every scheme, vectorised over ragged batches (blt-reference §3.2-§3.4).
+"""Patch-start rules of every scheme, vectorised over ragged batches (docs/reference-semantics.md §4.2-§4.4).
 
 Layout: a batch of rows of lengths ``S_b`` is handled *flat*. Each row b has ``L_b = S_b + inc``
 candidate start positions ``c = 0 .. L_b - 1`` (``inc`` = include_next_token: position ``S_b`` is
@@ -11,21 +11,21 @@ another row's values and no padding is ever computed on. Then:
 Rules (scores ``H`` of the row, ``H[t]`` = entropy of the prediction of byte t+1):
 - every scheme: position 0 starts a patch (BOS alone);
 - ``entropy`` (global θ): positions 0, 1 always; ``c >= 2`` starts iff ``H[c-1] > θ`` (strict, nats);
-  H[0] is never used (§3.2, pitfall 1);
+  H[0] is never used (docs/reference-semantics.md §4.2);
 - ``monotonic`` (approximate monotonic, relative θ): 0, 1, 2 always; ``c >= 3`` iff
   ``H[c-1] - H[c-2] > θ``;
 - ``entropy`` with ``threshold_add`` (global + monotonic): 0, 1, 2 always; ``c = 3`` never;
   ``c >= 4`` iff ``H[c-1] - H[c-2] > θ_add`` and ``H[c-1] > θ``. The reference's ``¬m_{j-1}`` uses
-  its *initial* mask (only ``m_0`` set), so this is the whole rule (§3.2, pitfall 15);
-- ``space`` (SpaceByte, §3.3): 0, 1 always; ``c >= 2`` iff byte ``c-1`` is marked: the first of a
+  its *initial* mask (only ``m_0`` set), so this is the whole rule (docs/reference-semantics.md §4.2);
+- ``space`` (SpaceByte, docs/reference-semantics.md §4.3): 0, 1 always; ``c >= 2`` iff byte ``c-1`` is marked: the first of a
   run of space-like bytes (not ``[0-9A-Za-z]``, not a UTF-8 continuation byte) or a special id;
 - ``static`` K: 0, then every K-th position from 1 (``[1, K, K, ..., rest]``): the reference's
-  static mode has no 1-byte first patch and relies on packing to fix it (§3.3); we make the BOS
+  static mode has no 1-byte first patch and relies on packing to fix it (docs/reference-semantics.md §4.3); we make the BOS
   patch 1 byte directly so every scheme's output feeds the model as is, and the following patches
   hold the document's bytes K at a time;
 - ``byte``: every position.
 ``max_patch_length`` m then splits each patch of length l > m into ``m, m, ..., rest`` in order
-(§3.4): a position starts a patch when its offset inside its patch is a multiple of m.
+(docs/reference-semantics.md §4.4): a position starts a patch when its offset inside its patch is a multiple of m.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def start_mask(
 
 
 def split_long(start: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Add starts so no patch exceeds ``max_len``: ``l -> m, m, ..., rest`` (§3.4). Needs every
+    """Add starts so no patch exceeds ``max_len``: ``l -> m, m, ..., rest`` (docs/reference-semantics.md §4.4). Needs every
     row's first position to be a start (it always is)."""
     idx = torch.arange(start.numel(), device=start.device)
     seg = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), 0).values  # start of own patch

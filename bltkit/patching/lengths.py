@@ -1,4 +1,4 @@
-"""Patch-length algebra (blt-reference §3.1, §3.6). Axes: B batch, N bytes, P patches.
+"""Patch-length algebra (docs/reference-semantics.md §4.1, §5). Axes: B batch, N bytes, P patches.
 
 Conventions:
 - ``patch_lengths`` is (B, P) int64, right-padded with zeros, no non-zero after a zero;
@@ -20,7 +20,7 @@ def patch_ids_from_lengths(patch_lengths: torch.Tensor, n: int) -> torch.Tensor:
     """Index of the patch holding byte i, (B, N). Zero-length patches never own a byte.
 
     ``#{m : start_m <= i} - 1`` over the patch *ends*: a searchsorted over cumulative ends gives
-    the first patch whose end exceeds i, which skips empty patches (blt-reference §3.1).
+    the first patch whose end exceeds i, which skips empty patches (docs/reference-semantics.md §4.1).
     """
     ends = torch.cumsum(patch_lengths, dim=-1)  # (B, P)
     pos = torch.arange(n, device=patch_lengths.device, dtype=ends.dtype).expand(patch_lengths.shape[0], n)
@@ -31,7 +31,7 @@ def decoder_patch_ids(patch_lengths: torch.Tensor, n: int) -> torch.Tensor:
     """Global patch that byte i reads in the decoder: ``patch_ids(pl[:, 1:])`` = ``pid(i+1) - 1``.
 
     Byte i predicts byte i+1 and must see only patches that end at or before i: the patch just
-    before the one holding its target (blt-reference §3.6, pitfall 3).
+    before the one holding its target (docs/reference-semantics.md §5).
     """
     return patch_ids_from_lengths(patch_lengths[:, 1:], n)
 
@@ -76,7 +76,7 @@ def validate_patch_lengths(patch_lengths: torch.Tensor, n: int, extra: int = 1, 
 
 
 def trim_zero_columns(patch_lengths: torch.Tensor) -> torch.Tensor:
-    """Drop trailing columns that are zero in every row (blt-reference §3.4)."""
+    """Drop trailing columns that are zero in every row (docs/reference-semantics.md §4.4)."""
     nonzero_cols = (patch_lengths != 0).any(dim=0)
     if not bool(nonzero_cols.any()):
         return patch_lengths[:, :1]

@@ -1,16 +1,16 @@
-"""One patching interface for every scheme (blt-reference §3): ids in, patch lengths out.
+"""One patching interface for every scheme (docs/reference-semantics.md §4): ids in, patch lengths out.
 
     patcher = Patcher(scheme="entropy", threshold=1.34, scorer=model)
     result = patcher(ids_or_text, include_next_token=True)   # PatchResult
     result.patch_lengths  # (B, P) int64, zero-padded; first patch 1; rows sum to S_b + 1
 
-Conventions are the reference's (§3.1, §3.5): the first patch is 1 byte (BOS alone); with
+Conventions are the reference's (docs/reference-semantics.md §4.1, §4.5): the first patch is 1 byte (BOS alone); with
 ``include_next_token=True`` (generation, in-forward patching) row b sums to ``S_b + 1``, the last
 patch holding the virtual next byte; with ``False`` (training documents BOS…EOS) it sums to
 ``S_b``. Trailing all-zero columns are trimmed. The rules are in ``boundaries.py``.
 
 The scorer is any ``nn.Module`` mapping ids (B, T) to next-byte logits (B, T, 260) — the
-``EntropyModel`` or anything else (layout.md: depend on an interface, not on one model). Scores
+``EntropyModel`` or anything else (docs/contributing.md: depend on an interface, not on one model). Scores
 may also be passed in (precomputed entropies, ``entropy_model.precompute``). Rows are patched
 independently: a row's patches are the same alone or in any batch.
 
@@ -164,6 +164,6 @@ class Patcher:
         return PatchResult(pl, score_mat, lengths)
 
     def document_lengths(self, ids: torch.Tensor, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Lengths (P,) of one training document (BOS…EOS), summing to its length (§3.5)."""
+        """Lengths (P,) of one training document (BOS…EOS), summing to its length (docs/reference-semantics.md §4.5)."""
         return self(ids.reshape(1, -1), include_next_token=False,
                     scores=None if scores is None else scores.reshape(1, -1)).patch_lengths[0]

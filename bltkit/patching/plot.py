@@ -1,5 +1,5 @@
 """A picture of entropy patching: each byte's entropy, the threshold, and the patch boundaries
-(the BLT paper's Figure 4 view; blt-reference §3.2). matplotlib is optional (``bltkit[plot]``).
+(the BLT paper's Figure 4 view; docs/reference-semantics.md §4.2). matplotlib is optional (``bltkit[plot]``).
 
 Byte k is drawn at x = k with the entropy of *its own* prediction (the one that decides whether it
 starts a patch); a vertical line marks each patch start.

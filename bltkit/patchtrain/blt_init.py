@@ -1,5 +1,5 @@
-"""Starting a BLT run from earlier weights: the patch-training extension (patch-training.md, "What
-on the same backbone means"), for ``kind: blt`` runs through the one loop.
+"""Starting a BLT run from earlier weights: the patch-training extension (docs/fixed-k.md,
+"With BLT"), for ``kind: blt`` runs through the one loop.
 
 ``task:`` keys of a BLT run config (read by ``BLTTask.build_model``):
 

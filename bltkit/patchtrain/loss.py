@@ -1,11 +1,11 @@
-"""The patch-level loss (patch-training.md "loss"): a bag of K next-patch targets, one softmax.
+"""The patch-level loss (docs/fixed-k.md "The method"; arXiv 2407.12665): a bag of K next-patch targets, one softmax.
 
 With logits ``z_i`` at patch position i and targets ``x_{(i+1)K+k}`` (k < K) the paper's loss is
 ``-(1/K) sum_k log softmax(z_i)[x_{(i+1)K+k}]``, averaged over positions. Here it is returned as
 (sum of nats over every real target byte, number of real target bytes), the trainer's form
 (``bltkit.training.task``): the loop divides one by the other, which is exactly the mean over
 positions of the average over K (and the mean over real targets when padding masks some out).
-K = 1 is ordinary next-byte cross-entropy (blt-reference §7.1): the same numbers as
+K = 1 is ordinary next-byte cross-entropy (docs/reference-semantics.md §12.1): the same numbers as
 ``training.task.masked_nats``.
 
 Axes: B rows, T patch positions, K bytes a patch, V vocabulary.

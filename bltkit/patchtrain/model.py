@@ -1,4 +1,4 @@
-"""ByteLM: a plain byte-level LM on BLT's global-transformer backbone (patch-training.md).
+"""ByteLM: a plain byte-level LM on BLT's global-transformer backbone (docs/fixed-k.md, arXiv 2407.12665).
 
     ids (B, N) --tok_embeddings--> (B, N, D)
       [patch phase, K > 1: mean of each K consecutive byte embeddings -> (B, N/K, D)]
@@ -43,7 +43,7 @@ def check_patch_size(patch_size: int, n_bytes: int) -> None:
 
 
 def patch_documents(ids: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Document index of each patch (B, T): earlier patches holding an EOS (as BLT's global, §5)."""
+    """Document index of each patch (B, T): earlier patches holding an EOS (as BLT's global, docs/reference-semantics.md §8.3)."""
     b, n = ids.shape
     pid = (torch.arange(n, device=ids.device) // patch_size).expand(b, n)
     return patch_document_ids(ids, pid, n // patch_size)
@@ -116,7 +116,7 @@ class ByteLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: Optional[int] = None) -> None:
-        """BLT's init (pitfall 23): embeddings and head trunc-normal σ = D^-1/2, the backbone by
+        """BLT's init (docs/reference-semantics.md §13): embeddings and head trunc-normal σ = D^-1/2, the backbone by
         ``GlobalTransformer.reset_parameters``, norm 1; deterministic in ``init_seed``, global RNG kept."""
         dev = next(self.parameters()).device
         devices = [dev.index or 0] if dev.type == "cuda" else []
@@ -148,7 +148,7 @@ class ByteLM(nn.Module):
 
 def init_blt_global_from(blt: nn.Module, bytelm: ByteLM) -> None:
     """Copy a (patch-)trained ByteLM's backbone into ``blt.global_transformer`` (the extension in
-    patch-training.md). Widths, depths and heads must match; the BLT's input projection, if any,
+    docs/fixed-k.md, "With BLT"). Widths, depths and heads must match; the BLT's input projection, if any,
     keeps its own initialisation."""
     src = {k: v for k, v in bytelm.global_transformer.state_dict().items()}
     dst = blt.global_transformer.state_dict()

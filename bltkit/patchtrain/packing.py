@@ -1,4 +1,4 @@
-"""Rows for the patch phase: K*T new bytes a row, read as T input patches (patch-training.md).
+"""Rows for the patch phase: K*T new bytes a row, read as T input patches (docs/fixed-k.md).
 
 The stream is the trainer's (``training.batches.pack_rows``): documents encoded ``BOS bytes EOS``
 and concatenated. Row r holds the ``K*(T+1)`` stream bytes from ``r*K*T``: inputs are its first

@@ -1,6 +1,6 @@
 """The two phases of patch-level training, planned under a budget and run with the one loop.
 
-patch-training.md: a fraction λ of the training bytes goes through the patch phase (K bytes a
+docs/fixed-k.md (arXiv 2407.12665): a fraction λ of the training bytes goes through the patch phase (K bytes a
 position, rows of K*T bytes), the rest through next-byte training (rows of T bytes). At the
 transition only the weights are kept: each phase is one ``bltkit.training.loop.train`` call, so
 the optimiser state and the LR schedule (warmup included) restart by construction, and the second

@@ -5,12 +5,12 @@
 - ``patch_size`` K: 1 trains next-byte (rows of ``data.seq_len`` = T bytes); K > 1 is the patch
   phase (rows of K*T bytes read as T mean-pooled patches, the bag-of-K loss, loss.py);
 - ``init_from``: a bundle or model directory whose weights start the run (the phase transition:
-  weights only, a fresh optimiser and schedule, patch-training.md "transition");
+  weights only, a fresh optimiser and schedule, docs/fixed-k.md "The method");
 - ``patch_row_bytes``: bytes a patch-phase row (default K*T); must be a multiple of K.
 
 Held-out batches are always byte-level rows of ``data.seq_len`` (the same rows the BLT task
 scores), so held-out bits per byte compare across phases and kinds. Training FLOPs count the
-backbone over the row's T positions (mean pooling and look-ups are free, measurement.md), so a
+backbone over the row's T positions (mean pooling and look-ups are free, docs/measurement.md §2), so a
 patch-phase row costs what a byte-phase row costs while consuming K times the bytes.
 """
 from __future__ import annotations

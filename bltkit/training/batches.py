@@ -1,14 +1,14 @@
 """Rows and batches for the trainer: documents -> packed rows -> per-rank, per-step batches.
 
 Packing is the data pipeline's (``bltkit.data.packing.BytePacker`` with ``final_target="next"``,
-blt-reference §7.3 simplified to a fixed byte count so that every step has the same shape); this
+docs/reference-semantics.md §12.3 simplified to a fixed byte count so that every step has the same shape); this
 module only runs it over a whole document list at once. Documents are encoded ``BOS bytes EOS``
 and concatenated into one stream, with each document's patch lengths (summing to its length,
 ``include_next_token=False``). Row r holds the ``N + 1`` stream bytes from ``r * N``: inputs are
 the first N, targets the last N, so every byte but the first is a target exactly once. A row's
 patch lengths are the stream patches cut to that window; a first patch longer than 1 has its
-first byte split off (§7.3 step 4), so each row has ``pl[0] == 1`` and ``sum(pl) == N + 1``
-(§3.6). The last row is padded with BOE (id 0, mask 0), the padding folded into the last patch.
+first byte split off (docs/reference-semantics.md §12.3), so each row has ``pl[0] == 1`` and ``sum(pl) == N + 1``
+(docs/reference-semantics.md §5). The last row is padded with BOE (id 0, mask 0), the padding folded into the last patch.
 
 Batches are a pure function of the step: global step s takes rows ``s*B .. s*B+B-1`` of a
 seeded per-epoch permutation, and rank r of W takes every W-th of them. Resuming needs only the

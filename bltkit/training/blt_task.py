@@ -1,6 +1,6 @@
-"""Training task for the Byte Latent Transformer (``kind: blt``; blt-reference §7).
+"""Training task for the Byte Latent Transformer (``kind: blt``; docs/reference-semantics.md §12).
 
-The loss is per-byte cross-entropy over real targets (§7.1), the model fed packed rows whose
+The loss is per-byte cross-entropy over real targets (docs/reference-semantics.md §12.1), the model fed packed rows whose
 patch lengths come from the run's patcher (patch_source.py). FLOPs follow flops.py per batch, so
 the global model's share tracks the batch's real mean patch length. The finished run is a bundle
 with ``kind: blt`` and the patcher settings; with entropy patching the entropy model directory is

@@ -1,8 +1,8 @@
 """Typed training configuration: one dataclass per concern, loaded from ``configs/train/*.yaml``.
 
 A run's YAML names the model kind (``blt``, ``entropy``, ``bytelm``), the model config (a shipped
-name or a path, loaded by the kind's task), the data, the patcher, the optimiser (blt-reference
-§7.4: AdamW 0.9/0.95, eps 1e-8, weight decay on every parameter by default), the schedule, and the
+name or a path, loaded by the kind's task), the data, the patcher, the optimiser
+(docs/reference-semantics.md §13: AdamW 0.9/0.95, eps 1e-8, weight decay on every parameter by default), the schedule, and the
 logging / checkpoint cadence. Unknown keys are errors naming the key and the file
 (``bltkit.config.from_dict``). The resolved config is written beside every checkpoint.
 """
@@ -19,7 +19,7 @@ from ..patching.config import PatcherConfig
 
 @dataclass
 class OptimConfig:
-    """AdamW (blt-reference §7.4; BLT paper appendix: lr 4e-4, betas 0.9/0.95, wd 0.1, clip 1.0)."""
+    """AdamW (docs/reference-semantics.md §13; BLT paper appendix: lr 4e-4, betas 0.9/0.95, wd 0.1, clip 1.0)."""
 
     lr: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -42,7 +42,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate multiplier over steps (blt-reference §7.4): warmup, then cosine / WSD / constant."""
+    """Learning-rate multiplier over steps (docs/reference-semantics.md §13): warmup, then cosine / WSD / constant."""
 
     kind: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup: int = 0  # linear warmup steps

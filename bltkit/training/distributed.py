@@ -13,7 +13,7 @@ Several nodes (run on every node, the same rendezvous endpoint, ``--node-rank`` 
 
 ``DIR`` must be on a filesystem that every node sees (checkpoints are written by rank 0 and
 each rank's RNG state beside them). ``parallel: fsdp`` shards every transformer block and then
-the root (torchtitan's layout, blt-reference §7.4: bf16 parameters, fp32 reductions on CUDA);
+the root (torchtitan's layout, docs/reference-semantics.md §13: bf16 parameters, fp32 reductions on CUDA);
 ``parallel: ddp`` replicates. The global batch (``data.batch_size`` rows) is split over ranks,
 so any world size trains on the same rows a step.
 """

@@ -1,8 +1,8 @@
-"""Training task for the entropy model (``kind: entropy``; blt-reference §2, §7.2).
+"""Training task for the entropy model (``kind: entropy``; docs/reference-semantics.md §3, §12.2).
 
 The entropy model is a plain byte LM, ``model(ids) -> logits``, trained with the same loop as
 BLT on the same packed rows (no patch lengths). Unlike the reference's BYTES packing, the final
-target of a row is a real next byte, never a masked pad (pitfall 18; batches.py). FLOPs are a
+target of a row is a real next byte, never a masked pad (docs/reference-semantics.md §12.2; batches.py). FLOPs are a
 plain LM's: blocks with the local window cut at documents, plus the head (flops.py). The finished
 run directory is a bundle of kind ``entropy`` whose ``model/`` (config.yaml + model.safetensors)
 loads with ``EntropyModel.from_pretrained``; ``model:`` names a config under ``configs/entropy/``.

@@ -1,10 +1,10 @@
-"""Analytic FLOPs, the BLT paper's convention (measurement.md "FLOPs"; BLT paper §4.5, appendix).
+"""Analytic FLOPs, the BLT paper's convention (docs/measurement.md §2; BLT paper §4.5, appendix).
 
 - a matrix multiply costs 2 FLOPs per multiply-add; training = 3 x forward (backward = 2 x);
 - embedding look-ups (byte and hash n-gram tables) cost 0; the output head counts;
 - attention scores and values cost ``4 * heads * head_dim`` a (query, key) pair, counted with the
-  keys each query really sees: the local window cut at documents for byte layers (§4.3), the
-  patch prefix (cut at EOS patches when block-causal, §5) for the global model, the patch's own
+  keys each query really sees: the local window cut at documents for byte layers (docs/reference-semantics.md §8.1), the
+  patch prefix (cut at EOS patches when block-causal, docs/reference-semantics.md §8.3) for the global model, the patch's own
   bytes for encoder cross-attention and the k vectors of one patch for decoder cross-attention;
 - the global model's cost is counted per real (non-empty) patch, so its FLOPs per byte are its
   FLOPs per patch over the mean patch length;
@@ -139,7 +139,7 @@ def lm_forward_flops(ids: torch.Tensor, dim: int, n_layers: int, n_heads: int, n
 
 
 def training_flops(forward: int) -> int:
-    """Forward + backward: 3 x forward (measurement.md)."""
+    """Forward + backward: 3 x forward (docs/measurement.md §2)."""
     return 3 * forward
 
 

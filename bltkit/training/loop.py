@@ -1,6 +1,6 @@
 """The training loop: one loop for every model kind (the kind's ``Task`` supplies the differences).
 
-Per optimiser step (blt-reference §7.4):
+Per optimiser step (docs/reference-semantics.md §13):
   1. this rank's rows of the global batch, split into ``grad_accum`` micro-batches;
   2. each micro-batch: ``loss = sum nats / n targets of the whole global step`` (times the world
      size, which DDP / FSDP average away), backward; so any split over ranks and micro-batches
@@ -59,7 +59,7 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(task: Task, model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
              amp: Optional[torch.dtype]) -> float:
-    """Held-out bits per byte: sum nats / (ln 2 * real target bytes) (measurement.md)."""
+    """Held-out bits per byte: sum nats / (ln 2 * real target bytes) (docs/measurement.md §1)."""
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)

@@ -2,7 +2,7 @@
 
 Every logged step carries ``step``, ``loss`` (nats a target byte), ``lr``, ``bytes`` (real target
 bytes seen so far), ``mean_patch_length``, ``flops`` (cumulative training FLOPs, flops.py) and
-``bytes_per_s``; evaluated steps add ``bpb`` (held-out bits per byte, measurement.md). Only rank 0
+``bytes_per_s``; evaluated steps add ``bpb`` (held-out bits per byte, docs/measurement.md §1). Only rank 0
 writes. On resume, records after the resumed step (from the interrupted run) are dropped so the
 file reads as one uninterrupted run.
 """

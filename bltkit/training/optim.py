@@ -1,4 +1,4 @@
-"""AdamW with parameter groups (blt-reference §7.4).
+"""AdamW with parameter groups (docs/reference-semantics.md §13).
 
 The reference decays every parameter (no groups). ``no_decay_norms_embeddings`` offers the common
 alternative: norm weights, biases and embedding tables (byte and hash n-gram) without decay.

@@ -1,7 +1,7 @@
 """Entropies for training read from ``bltkit precompute`` shards instead of an entropy model run.
 
 The reference trains on entropies computed offline and stored as float16, cast to float32 before
-thresholding (blt-reference §2 "Entropy definition", §3.5, §7.3 step 1; pitfall 13). The trainer
+thresholding (docs/reference-semantics.md §3, §4.5). The trainer
 does the same with ``patcher: {scheme: entropy, entropy_model: DIR, precomputed: SHARDS}``: each
 document's entropies come from the shards (``entropy_model.precompute.EntropyShards``) and go
 through the run's patcher (threshold, monotonic, ``max_patch_length``) as on the fly. Because

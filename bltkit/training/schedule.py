@@ -1,4 +1,4 @@
-"""Learning-rate schedules as a pure function of the step (blt-reference §7.4).
+"""Learning-rate schedules as a pure function of the step (docs/reference-semantics.md §13).
 
 A function of the step, not a stateful scheduler object: the step counter is the whole state, so
 resuming a checkpoint restores the schedule exactly. Warmup is linear and reaches the peak at

@@ -8,7 +8,7 @@ checkpoints, metrics). New kinds register a ``"module:Class"`` in ``TASKS`` (or 
 
 Losses are returned as ``(sum of nats, number of real targets)`` so that accumulation and data
 parallelism can normalise over the *global* step exactly, and bits per byte is
-``sum nats / (ln 2 * n targets)`` (measurement.md).
+``sum nats / (ln 2 * n targets)`` (docs/measurement.md §1).
 """
 from __future__ import annotations
 
