@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional
 
 import torch
 from torch import nn
 
 from bltkit import config as cfgio
+from bltkit import weights
 from bltkit.data.vocab import EOS_ID, VOCAB_SIZE, check_ids
 from bltkit.nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
 from bltkit.nn.kv_cache import StackCache
 from bltkit.nn.masks import LocalAttention, document_ids, local_self_mask
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
 PATCHER_FILE = "patcher.yaml"  # written by ``bltkit calibrate`` beside the weights
 
 
@@ -163,11 +161,9 @@ class EntropyModel(nn.Module):
 
     # ---- persistence: DIR/config.yaml + DIR/model.safetensors --------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.yaml`` and ``model.safetensors`` (each atomically); a ``patcher.yaml``
-        already in the directory is left alone."""
-        from bltkit.model.blt import save_config_and_weights
-
-        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
+        """Write ``config.yaml`` and ``model.safetensors`` (each atomically, ``bltkit.weights``); a
+        ``patcher.yaml`` already in the directory is left alone."""
+        weights.save_config_and_weights(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
@@ -175,16 +171,5 @@ class EntropyModel(nn.Module):
         """Load a directory written by ``save_pretrained``. A missing directory or file raises
         ``FileNotFoundError`` naming it; a missing, unexpected or mis-shaped tensor raises
         ``ValueError`` naming the tensor and the file."""
-        from bltkit.model.blt import load_weights_into
-
-        d = Path(directory)
-        if not d.is_dir():
-            raise FileNotFoundError(f"entropy model directory not found: {d}")
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"entropy model directory {d} has no {name}")
-        cfg = cfgio.from_dict(EntropyModelConfig, cfgio.read_yaml(d / CONFIG_FILE), source=str(d / CONFIG_FILE))
-        with torch.device("meta"):
-            model = cls(cfg)
-        load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
-        return model
+        return weights.load_pretrained(directory, lambda data, src: cfgio.from_dict(EntropyModelConfig, data, source=src),
+                                       cls, device=device, dtype=dtype, what="entropy model")

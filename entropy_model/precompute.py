@@ -143,9 +143,10 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     from bltkit.patching.config import PatcherConfig, load_patcher_settings, resolve_patcher
     from bltkit.patching.config import entropy_model_dir as model_dir
     from bltkit.patching.patcher import Patcher
+    from bltkit.weights import CONFIG_FILE, WEIGHTS_FILE
 
     from .entropies import compute_entropies
-    from .model import CONFIG_FILE, WEIGHTS_FILE, EntropyModel
+    from .model import EntropyModel
 
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")

@@ -249,7 +249,7 @@ def test_from_hf_refuses_pickled_and_corrupt_weights(tmp_path, hf_dir, capsys):
     (d / "model.safetensors").write_bytes(b"\x00" * 64)
     assert main(["convert", "--from", "hf", str(d), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "model.safetensors is not a safetensors file" in err
+    assert "model.safetensors is not a readable safetensors file" in err
 
 
 def test_from_hf_shape_mismatch_names_the_hf_tensor(tmp_path, hf_dir, capsys):

@@ -1,4 +1,4 @@
-"""Checkpoint plumbing shared by the converters: safetensors reading and tensor checks.
+"""Checkpoint plumbing shared by the converters: foreign safetensors directories and checked loading.
 
 Why one place: every conversion ends the same way (foreign names mapped to bltkit names, then
 each tensor checked against a bltkit model built on the meta device), and every mistake must
@@ -16,23 +16,10 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import nn
 
-SAFETENSORS_FILE = "model.safetensors"
+from ..weights import WEIGHTS_FILE, assign_weights, read_weights
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "consolidated.pth", "model.pt", "model.pth")
-
-
-def read_safetensors_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file (on CPU); a missing or foreign file raises naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
-    try:
-        return load_file(str(p), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{p} is not a safetensors file ({e}); only safetensors weights are read") from None
 
 
 def read_safetensors_dir(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -44,8 +31,8 @@ def read_safetensors_dir(directory: str | os.PathLike) -> dict[str, torch.Tensor
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {d}")
-    if (d / SAFETENSORS_FILE).is_file():
-        return read_safetensors_file(d / SAFETENSORS_FILE)
+    if (d / WEIGHTS_FILE).is_file():
+        return read_weights(d / WEIGHTS_FILE)
     if (d / SAFETENSORS_INDEX).is_file():
         try:
             index = json.loads((d / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
@@ -54,25 +41,19 @@ def read_safetensors_dir(directory: str | os.PathLike) -> dict[str, torch.Tensor
             raise ValueError(f"{d / SAFETENSORS_INDEX} is not a safetensors index ({e!r})") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(read_safetensors_file(d / shard))
+            state.update(read_weights(d / shard))
         return state
     pickled = [n for n in PICKLE_NAMES if (d / n).is_file()]
     if pickled:
-        raise ValueError(f"{d} holds {pickled[0]} (pickle), not {SAFETENSORS_FILE}; re-save it with "
+        raise ValueError(f"{d} holds {pickled[0]} (pickle), not {WEIGHTS_FILE}; re-save it with "
                          f"safetensors (save_pretrained(..., safe_serialization=True))")
-    raise FileNotFoundError(f"{d} has no {SAFETENSORS_FILE} (nor {SAFETENSORS_INDEX})")
+    raise FileNotFoundError(f"{d} has no {WEIGHTS_FILE} (nor {SAFETENSORS_INDEX})")
 
 
 def load_checked(model_factory: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], source: str,
                  origin: Callable[[str], str] = lambda k: k, dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Build a model on the meta device, check ``state`` against it (names, shapes, floating-point
-    dtypes, finite values: ``bltkit.model.blt.check_weights``), and assign the tensors."""
-    from ..model.blt import check_weights
-
+    """Build a model on the meta device, check ``state`` against it and assign the tensors
+    (``bltkit.weights.assign_weights``: names, shapes, floating-point dtypes, finite values)."""
     with torch.device("meta"):
         model = model_factory()
-    check_weights(model.state_dict(), state, source, origin)
-    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-               for k, v in state.items()}
-    model.load_state_dict(tensors, assign=True)
-    return model.eval()
+    return assign_weights(model, state, source, origin, dtype=dtype).eval()

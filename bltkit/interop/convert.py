@@ -94,7 +94,7 @@ def hf_to_bundle(src: str | os.PathLike, out: str | os.PathLike, force: bool = F
 def _read_blt_source(src: Path):
     """(model directory, bundle meta or None) of a bundle or a bare model directory."""
     from ..bundle import BUNDLE_FILE, MODEL_SUBDIR, read_bundle
-    from ..model.blt import CONFIG_FILE, WEIGHTS_FILE
+    from ..weights import CONFIG_FILE, WEIGHTS_FILE
 
     if not src.is_dir():
         raise FileNotFoundError(f"bltkit bundle or model directory not found: {src}")

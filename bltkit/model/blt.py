@@ -19,13 +19,13 @@ patch lengths; patchers do (``bltkit.patching``). The loss lives outside (``bltk
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .. import config as cfgio
+from .. import weights
 from ..data.vocab import EOS_ID, check_ids
 from ..nn.rope import rope_angles
 from ..patching.lengths import validate_patch_lengths
@@ -36,10 +36,6 @@ from .hash_embedding import HashNgramEmbedding
 from .local_decoder import LocalDecoder
 from .local_encoder import LocalEncoder
 from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask
-
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
-
 
 class ByteLatentTransformer(nn.Module):
     def __init__(self, config: BLTConfig):
@@ -264,18 +260,15 @@ class ByteLatentTransformer(nn.Module):
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """``config.yaml`` + ``model.safetensors``, each written to a temporary name and renamed."""
-        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
+        """``config.yaml`` + ``model.safetensors`` (``bltkit.weights``), each written atomically."""
+        weights.save_config_and_weights(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
                         dtype: Optional[torch.dtype] = None) -> "ByteLatentTransformer":
-        d = Path(directory)
-        cfg = load_blt_config(d / CONFIG_FILE)
-        with torch.device("meta"):
-            model = cls(cfg)
-        load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
-        return model
+        """Load a directory written by ``save_pretrained``; every tensor is checked (``bltkit.weights``)."""
+        return weights.load_pretrained(directory, lambda data, src: cfgio.from_dict(BLTConfig, data, source=src),
+                                       cls, device=device, dtype=dtype, what="BLT model")
 
 
 def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,71 +285,3 @@ def load_blt_config(path: str | os.PathLike, overrides: Optional[list[str]] = No
     """A model config from a YAML file or a shipped name (``tiny``, ``bench-s``, ``400m``, ``1b``)."""
     return cfgio.build_config(lambda data, source: cfgio.from_dict(BLTConfig, data, source=source),
                               path, "model", overrides, flag="model_overrides")[0]
-
-
-# ---- weights I/O shared by every bltkit model ---------------------------------------------------
-def save_config_and_weights(model: nn.Module, config_dict: dict, directory: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    cfgio.write_yaml(config_dict, d / CONFIG_FILE)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = d / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, d / WEIGHTS_FILE)
-
-
-def check_weights(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
-                  origin: Callable[[str], str] = lambda k: k) -> None:
-    """Raise ``ValueError`` unless ``state`` fits the model whose state dict is ``expected`` (meta
-    tensors will do): the same names and shapes, a floating-point tensor wherever the model has
-    one (an integer tensor there would be cast silently), and only finite values (NaN or inf
-    weights load fine and then generate nothing and score NaN). Messages name ``source`` and the
-    tensor as ``origin`` names it (a converter passes the source checkpoint's own names)."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {[origin(k) for k in missing[:8]]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected tensors {[origin(k) for k in unexpected[:8]]}{' ...' if len(unexpected) > 8 else ''}")
-        raise ValueError(f"{source}: {'; '.join(parts)} (the config does not match these weights)")
-    for k, v in expected.items():
-        t = state[k]
-        if tuple(t.shape) != tuple(v.shape):
-            raise ValueError(f"{source}: tensor {origin(k)} has shape {tuple(t.shape)}, the config expects {tuple(v.shape)}")
-        if t.is_floating_point() != v.is_floating_point():
-            raise ValueError(f"{source}: tensor {origin(k)} is {t.dtype}, where the model holds {v.dtype}"
-                             + (" (a floating-point tensor belongs there)" if v.is_floating_point() else ""))
-        if t.is_floating_point():
-            bad = int((~torch.isfinite(t)).sum())
-            if bad:
-                raise ValueError(f"{source}: tensor {origin(k)} holds {bad} NaN or infinite value(s) of {t.numel()}; "
-                                 f"refusing weights that compute NaN")
-
-
-def load_weights_into(model: nn.Module, path: str | os.PathLike, device=None, dtype=None) -> None:
-    """Load safetensors weights into ``model`` (possibly on the meta device), checking every tensor.
-
-    Missing, unexpected, mis-shaped, integer-for-float or non-finite tensors raise ``ValueError``
-    naming them and the file (``check_weights``); a file that is not safetensors raises naming the
-    file. Nothing is unpickled.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
-    try:
-        state = load_file(str(p), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{p} is not a readable safetensors file: {e}") from None
-    check_weights(model.state_dict(), state, str(p))
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    if device is not None:
-        state = {k: v.to(device) for k, v in state.items()}
-    model.load_state_dict(state, assign=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Optional, Union
 
 from .. import config as cfgio
+from ..weights import WEIGHTS_FILE
 
 PATCHER_FILE = "patcher.yaml"
 REFERENCE_THRESHOLD = 1.335442066192627
@@ -181,7 +182,7 @@ def entropy_model_dir(path: str | os.PathLike, base_dir: str | os.PathLike | Non
     p = cfgio.resolve_path(path, base_dir)
     if not p.is_dir():
         raise FileNotFoundError(f"entropy model directory not found: {p}")
-    if not (p / "model.safetensors").is_file() and (p / "model" / "model.safetensors").is_file():
+    if not (p / WEIGHTS_FILE).is_file() and (p / "model" / WEIGHTS_FILE).is_file():
         p = p / "model"
     return p
 

@@ -21,7 +21,7 @@ BLT_INIT_KEYS = ("init_from", "init_global_from")
 
 def apply_blt_init(model: nn.Module, task: dict[str, Any], resolve: Callable[[str], str] = str) -> None:
     """Load ``task``'s initial weights into a freshly built BLT (nothing when neither key is set)."""
-    from ..model.blt import load_weights_into
+    from ..weights import load_weights_into
     from .model import ByteLM, init_blt_global_from
     from .task import weights_file
 

@@ -15,15 +15,14 @@ RoPE positions count patches in the patch phase and bytes otherwise (no rescalin
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from .. import config as cfgio
+from .. import weights
 from ..data.vocab import EOS_ID, check_ids
-from ..model.blt import CONFIG_FILE, WEIGHTS_FILE, load_weights_into, save_config_and_weights
 from ..model.global_transformer import GlobalTransformer
 from ..model.masks import patch_document_ids
 from ..nn import RMSNorm, trunc_normal_
@@ -132,18 +131,15 @@ class ByteLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
+        """``config.yaml`` + ``model.safetensors`` (``bltkit.weights``), each written atomically."""
+        weights.save_config_and_weights(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
                         dtype: Optional[torch.dtype] = None) -> "ByteLM":
-        d = Path(directory)
-        f = d / CONFIG_FILE
-        cfg = bytelm_config_from_dict(cfgio.read_yaml(f), source=str(f))
-        with torch.device("meta"):
-            model = cls(cfg)
-        load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
-        return model
+        """Load a directory written by ``save_pretrained``; every tensor is checked (``bltkit.weights``)."""
+        return weights.load_pretrained(directory, bytelm_config_from_dict, cls, device=device, dtype=dtype,
+                                       what="byte LM")
 
 
 def init_blt_global_from(blt: nn.Module, bytelm: ByteLM) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from .. import config as cfgio
 from ..bundle import MODEL_SUBDIR, save_bundle
 from ..data.vocab import EOS_ID
-from ..model.blt import WEIGHTS_FILE, load_weights_into
+from ..weights import WEIGHTS_FILE, load_weights_into
 from ..training.batches import Rows, StepBatches, eval_batches, pack_rows
 from ..training.config import TrainConfig
 from ..training.flops import lm_forward_flops, training_flops

@@ -67,7 +67,9 @@ class BLTTask(PackedDataTask):
         if em is None:  # no entropy model, no patching cost
             return {}
         if getattr(self, "_em_config", None) is None:
-            from entropy_model.model import CONFIG_FILE, EntropyModelConfig
+            from entropy_model.model import EntropyModelConfig
+
+            from ..weights import CONFIG_FILE
 
             self._em_config = cfgio.from_dict(EntropyModelConfig, cfgio.read_yaml(em / CONFIG_FILE), source=str(em))
         c = self._em_config  # the entropy model's forward, once a byte (paid offline when precomputed)

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import config as cfgio
+from ..weights import CONFIG_FILE, WEIGHTS_FILE
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.json"
@@ -213,11 +214,11 @@ def _write_checkpoint(root: Path, tmp: Path, step: int, *, run_config: dict, mod
     if rank == 0:
         cfgio.write_yaml(run_config, tmp / "config.yaml")
         (tmp / MODEL_SUBDIR).mkdir()
-        cfgio.write_yaml(model_config, tmp / MODEL_SUBDIR / "config.yaml")
+        cfgio.write_yaml(model_config, tmp / MODEL_SUBDIR / CONFIG_FILE)
         _hook("model")
         assert model_state is not None and optim_state is not None
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()},
-                  str(tmp / MODEL_SUBDIR / "model.safetensors"))
+                  str(tmp / MODEL_SUBDIR / WEIGHTS_FILE))
         _hook("optimizer")
         opt_t, opt_p = flatten_optimizer_state(optim_state)
         save_file(opt_t, str(tmp / OPTIM_FILE))
@@ -263,7 +264,7 @@ def read_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
     if not trainer_file.is_file():
         raise FileNotFoundError(f"{d} is not a complete checkpoint: {trainer_file} is missing")
     trainer = _read_json(trainer_file)
-    model_file = d / MODEL_SUBDIR / "model.safetensors"
+    model_file = d / MODEL_SUBDIR / WEIGHTS_FILE
     optim_file = d / OPTIM_FILE
     for f in (model_file, optim_file):
         if not f.is_file():

@@ -70,7 +70,7 @@ class PrecomputedEntropies:
         self._build_index()
 
     def _check_weights(self, em_dir: Path) -> None:
-        from entropy_model.model import WEIGHTS_FILE
+        from ..weights import WEIGHTS_FILE
         from entropy_model.precompute import _fingerprint_file
 
         mine = _fingerprint_file(em_dir / WEIGHTS_FILE)
