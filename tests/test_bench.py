@@ -1,7 +1,6 @@
 """``bltkit bench`` and the fast path's helpers: the CLI's interface on CPU at the tiny size,
 patch-column buckets as a numerical no-op, the anchor's patch lengths, the MFU peak table and
 per-block compile."""
-import importlib.util
 import json
 import math
 import warnings
@@ -20,7 +19,6 @@ from bltkit.patching.lengths import validate_patch_lengths
 
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
 
-HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 CPU_ARGS = ["bench", "--config", "tiny", "--rows", "2", "--bytes", "128", "--steps", "1", "--warmup", "0",
             "--entropy-config", "tiny", "--prompt-bytes", "8", "--new-bytes", "2", "--gen-batch", "2",
             "--hf-generate-bytes", "1"]
@@ -87,11 +85,9 @@ def test_patch_and_generate_figures(cli_run):
         assert g["ttfb_s"] <= g["s"]
 
 
-def test_hf_peer_and_ratio_when_transformers_is_importable(cli_run):
+def test_hf_peer_and_ratio(cli_run):
+    """transformers is a test dependency: the HF peer is always measured here."""
     train, patch, gen = cli_run[1]
-    if not HAS_TRANSFORMERS:
-        assert train["hf"] is None and train["ratio_bltkit_over_hf"] is None
-        return
     hf = train["hf"]
     assert "error" not in hf, hf
     assert _positive(hf["bytes_per_s"]) and hf["mfu"] is None
@@ -104,6 +100,20 @@ def test_hf_peer_and_ratio_when_transformers_is_importable(cli_run):
         assert gen["hf"][key]["new_bytes"] == 1  # --hf-generate-bytes time-boxes HF
         assert gen["ratio_bltkit_over_hf"][key] == pytest.approx(
             gen["bltkit"][key]["bytes_per_s"] / gen["hf"][key]["bytes_per_s"])
+
+
+def test_without_transformers_the_hf_figures_are_null(monkeypatch, capsys):
+    """Without transformers importable (as in a plain ``pip install bltkit``) the figures still
+    come, with ``hf`` and the ratio null."""
+    from bltkit.bench import runner
+
+    monkeypatch.setattr(runner, "hf_available", lambda: False)
+    args = ["bench", "--config", "tiny", "--bytes", "16", "--rows", "1", "--steps", "1", "--warmup", "0",
+            "--only", "patch", "--entropy-config", "tiny", "--json"]
+    assert cli.main(args) == 0
+    (rec,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert rec["figure"] == "patch" and rec["hf"] is None and rec["ratio_bltkit_over_hf"] is None
+    assert rec["bltkit"]["bytes_per_s"] > 0
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -22,6 +22,7 @@ OUTSIDE = [
     ("a numbered pitfall of outside notes", re.compile(r"\b[Pp]itfalls? \d")),
     ("a page that is not in docs/", re.compile(r"\b(?:patch-training|layout|dynamic-chunking)\.md")),
     ("a path outside the repository", re.compile(r"(?:/work/|\.\./shared|(?<![\w-])shared/(?:anchors|design|runs))")),
+    ("the anchor's script outside the repository", re.compile(r"hf_blt" + r"_bench|(?<![\w-])anchors/")),
     ("measurement notes not cited as docs/measurement.md",
      re.compile(r"(?<![/\[(\w-])measurement\.md(?!\]\()")),
 ]

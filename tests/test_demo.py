@@ -97,8 +97,11 @@ def test_quick_demo_writes_bundles_report_and_pictures(quick_demo):
     again = lm.generate(s["prompt"], max_new_bytes=s["new_bytes"], temperature=g["temperature"], top_k=g["top_k"],
                         seed=g["seed"])
     assert again == s["text"] and s["new_bytes"] > 0
-    for name in ("patch-k4", "bytes"):  # the baselines are bundles too
-        assert isinstance(bltkit.load(out / name, device="cpu").generate("And ", max_new_bytes=4), str)
+    for name in ("patch-k4", "bytes"):  # the baselines are bundles too: byte LMs that generate
+        h = bltkit.load(out / name, device="cpu")
+        g = h.generate("And ", max_new_bytes=4, details=True)
+        assert h.kind == "bytelm" and g.new_ids >= 1
+        assert g.text == h.generate("And ", max_new_bytes=4, use_cache=False)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def build_hf(shape: str, seed: int = 0) -> BltForCausalLM:
     """A tiny fp32 BltForCausalLM on CPU with every weight random (norms included)."""
     torch.manual_seed(seed)
     cfg = BltConfig(vocab_size=260, patch_in_forward=False, use_cache=False, **HF_SHAPES[shape])
-    # transformers 5.17's DynamicCache reads a top-level num_hidden_layers (anchors/hf_blt_bench.py)
+    # transformers 5.17's DynamicCache reads a top-level num_hidden_layers, which BltConfig lacks
     cfg.num_hidden_layers = cfg.decoder_config.num_hidden_layers
     model = BltForCausalLM(cfg).eval()
     with torch.no_grad():

@@ -112,15 +112,25 @@ def test_sampling_filters_and_seeds():
 
 # ---- the handle on a real bundle --------------------------------------------------------------------
 def test_generate_single_batch_bytes_details(lm):
-    one = lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=3)
-    assert isinstance(one, str)
-    many = lm.generate(["The ", "", "日本"], max_new_bytes=24, temperature=1.0, seed=3)
-    assert many[0] == one and len(many) == 3
-    raw = lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=3, return_bytes=True)
-    assert raw.decode("utf-8", errors="replace") == one
-    det = lm.generate(["The "], max_new_bytes=24, temperature=1.0, seed=3, details=True)[0]
-    assert det.text == one and det.stop_reason in ("eos", "length", "stop")
-    assert lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=3, use_cache=False) == one
+    """One prompt, a batch, bytes and details agree; each stop reason is the one its input gives."""
+    det = lm.generate(["The "], max_new_bytes=24, temperature=1.0, seed=0, details=True)[0]
+    # No EOS among 24 sampled ids: the budget ends the row, and a larger budget continues it.
+    assert (det.stop_reason, det.new_ids, len(det.bytes)) == ("length", 24, 24)
+    longer = lm.generate("The ", max_new_bytes=48, temperature=1.0, seed=0, details=True)
+    assert longer.bytes[:24] == det.bytes and len(longer.bytes) > 24
+    one = lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=0)
+    assert one == det.bytes.decode("utf-8", errors="replace") == det.text
+    assert lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=0, return_bytes=True) == det.bytes
+    many = lm.generate(["The ", "", "日本"], max_new_bytes=24, temperature=1.0, seed=0)
+    assert many[0] == one and len(many) == 3 and len(set(many)) == 3
+    assert lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=0, use_cache=False) == one
+    # A stop string met at byte 8: the text is cut before it.
+    cut = lm.generate("The ", max_new_bytes=24, temperature=1.0, seed=0, stop=[det.bytes[8:11]], details=True)
+    assert (cut.stop_reason, cut.bytes) == ("stop", det.bytes[:8])
+    # Seed 3 samples EOS first: no bytes, and the same whatever the budget.
+    for budget in (24, 48):
+        eos = lm.generate("The ", max_new_bytes=budget, temperature=1.0, seed=3, details=True)
+        assert (eos.stop_reason, eos.new_ids, eos.bytes) == ("eos", 1, b"")
 
 
 def test_stream_matches_generate_on_the_model(lm):
@@ -187,7 +197,9 @@ def test_bad_generation_arguments(lm, kw, match):
 
 
 def test_empty_prompt_and_too_long_prompt(lm, bundle):
-    assert isinstance(lm.generate("", max_new_bytes=4), str)  # BOS alone
+    empty = lm.generate("", max_new_bytes=4, details=True)  # BOS alone: a prompt like any other
+    assert (empty.stop_reason, empty.new_ids) == ("length", 4) and len(empty.bytes) == 4
+    assert lm.generate("", max_new_bytes=4, use_cache=False) == empty.text
     with pytest.raises(ValueError, match="no prompt"):
         lm.generate([], max_new_bytes=4)
     short = bltkit.load(bundle, device="cpu", max_context=32)

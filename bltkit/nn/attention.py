@@ -7,7 +7,8 @@ Three interchangeable mask forms reach ``attend`` (built in ``masks.py``):
   the keys its window can reach, through SDPA on any device, costing T x (block + window);
 - a FlexAttention ``BlockMask`` built from patch/document ids: the fast CUDA path, with no dense
   bytes x patches tensor.
-All give the same values (tests/test_model_paths.py, tests/test_attention.py).
+All give the same values (tests/test_attention.py: blocked and flex equal dense; tests/test_model.py:
+flex equals SDPA through the whole BLT).
 """
 from __future__ import annotations
 
