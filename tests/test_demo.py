@@ -223,3 +223,33 @@ def test_prepare_out_replaces_only_demo_output(tmp_path):
     with pytest.raises(ValueError, match="not a demo's output"):
         prepare_out(other, overwrite=True)
     assert (other / "chapter1.tex").read_text() == "precious"
+
+
+def test_patch_view_is_the_library_call_shown_as_bltkit_patch_shows_it(tmp_path, capsys):
+    """The demo patches through ``bltkit.load(...).patch`` and shows the text view of ``bltkit patch
+    --model BUNDLE``: the same lengths, entropies and lines for one tiny bundle."""
+    import torch
+
+    import bltkit
+    from bltkit.inference.api import Handle
+    from bltkit.model import ByteLatentTransformer, load_blt_config
+    from bltkit.patching.config import PatcherConfig
+    from bltkit.demo.showcase import patch_view
+    from entropy_model.model import EntropyModel, load_entropy_config
+
+    torch.manual_seed(3)
+    blt = ByteLatentTransformer(load_blt_config("tiny", ["hash.vocab=257"]))
+    em = EntropyModel(load_entropy_config("tiny", ["dim=32", "n_heads=2"]))
+    Handle(blt, PatcherConfig(scheme="entropy", threshold=5.5, max_patch_length=3), em, device="cpu").save(tmp_path / "b")
+    text = "Ünïcode and\tbytes"
+    pv = patch_view(bltkit.load(tmp_path / "b", device="cpu"), text)
+    assert cli.main(["patch", "--model", str(tmp_path / "b"), "--json", "--", text]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert pv.patch_lengths == shown["patch_lengths"] and max(pv.patch_lengths) <= 3
+    assert pv.entropies == pytest.approx(shown["entropies"], abs=2e-4)
+    assert len(pv.entropies) == sum(pv.patch_lengths) == len(text.encode())
+    assert cli.main(["patch", "--model", str(tmp_path / "b"), "--", text]) == 0
+    assert pv.view == capsys.readouterr().out.rstrip("\n")
+    assert pv.view.splitlines()[1] == "|" + "|".join(
+        text.encode()[sum(pv.patch_lengths[:i]):sum(pv.patch_lengths[:i + 1])].decode("utf-8", "backslashreplace")
+        .replace("\t", "\\t") for i in range(len(pv.patch_lengths))) + "|"

@@ -52,10 +52,6 @@ def _settings(args):
     return cfg, cfg.entropy_model
 
 
-def _shown(b: bytes) -> str:
-    return b.decode("utf-8", errors="backslashreplace").replace("\n", "\\n").replace("\t", "\\t")
-
-
 def run(args) -> int:
     import torch
 
@@ -87,36 +83,18 @@ def run(args) -> int:
     if args.png:
         if ent_list is None:
             raise ValueError("--png draws entropies: give --entropy-model DIR or --model BUNDLE")
-        from ..patching.plot import plot_patches
+        from ..patching.plot import plot_text_patches
 
         try:
-            plot_patches(args.png, ent_list, lengths, cfg.threshold, data, relative=cfg.scheme == "monotonic",
-                         title=f"{cfg.scheme} patching: {n} bytes, {len(lengths)} patches")
+            plot_text_patches(args.png, data, lengths, ent_list, cfg)
         except ImportError as e:
             raise ValueError(str(e)) from None
     if args.json:
         print(json.dumps({"bytes": n, "patch_lengths": lengths, "entropies": ent_list}))
         return 0
-    rule = {"entropy": f"global threshold {cfg.threshold}", "monotonic": f"relative threshold {cfg.threshold}",
-            "static": f"K = {cfg.patch_size}", "space": "SpaceByte rule", "byte": "one patch a byte"}[cfg.scheme]
-    if cfg.threshold_add is not None:
-        rule += f" + relative {cfg.threshold_add}"
-    if cfg.max_patch_length:
-        rule += f", max patch length {cfg.max_patch_length}"
-    mean = n / len(lengths) if lengths else 0.0
-    print(f"{cfg.scheme} ({rule}): {n} bytes in {len(lengths)} patches, mean {mean:.2f} bytes a patch")
-    pieces, start = [], 0
-    for length in lengths:
-        pieces.append(data[start:start + length])
-        start += length
-    print("|" + "|".join(_shown(p) for p in pieces) + "|")
-    if ents is not None:
-        print(f"{'patch':>5} {'bytes':>5}  {'max H':>6}  text / entropy of each byte's prediction (nats)")
-        start = 0
-        for k, (length, p) in enumerate(zip(lengths, pieces)):
-            seg = ents[start:start + length]
-            print(f"{k:>5} {length:>5}  {float(seg.max()):6.3f}  {_shown(p)!s:<16} " + " ".join(f"{float(v):.2f}" for v in seg))
-            start += length
+    from ..patching.view import text_view
+
+    print(text_view(data, lengths, None if ents is None else ents.tolist(), cfg))
     if args.png:
         print(f"wrote {args.png}")
     return 0

@@ -100,6 +100,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     from ..compare.entropy import EntropyPatching
     from ..compare.report import results_table, write_report
     from ..compare.runner import run_variant
+    from ..inference.api import load
     from ..runtime import resolve_device
     from . import report
     from .data import heldout_documents, utf8_prefix
@@ -160,18 +161,19 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     text = show.text if show.text is not None else utf8_prefix(held[0], show.text_bytes)
     bundle = out / blt_name
     stages.start("patches", f"the trained entropy model patches a held-out text ({len(text.encode())} bytes)")
+    handle = load(bundle, device=device)
     try:
-        pv = patch_view(bundle, text, out / PATCHES_PNG)
-    except ValueError as e:  # the picture needs matplotlib; the view does not
+        pv = patch_view(handle, text, out / PATCHES_PNG)
+    except ImportError as e:  # the picture needs matplotlib; the view does not
         say(f"(no picture: {e})")
-        pv = patch_view(bundle, text, None)
+        pv = patch_view(handle, text, None)
     say(pv.view)
     rec.patches = asdict(pv) | {"mean_patch_length": pv.mean_patch_length}
 
     # 4. generation from the trained BLT
     prompts = list(show.prompts) or [utf8_prefix(d, show.prompt_bytes) for d in held[:show.n_prompts]]
     stages.start("generate", f"the trained BLT generates {show.max_new_bytes} bytes after each of {len(prompts)} prompts")
-    samples = generate_samples(bundle, prompts, show.max_new_bytes, show.temperature, show.top_k, show.seed, device=device)
+    samples = generate_samples(handle, bundle, prompts, show.max_new_bytes, show.temperature, show.top_k, show.seed)
     for s in samples.samples:
         say(f"--- [{s.prompt}]{s.text}")
     rec.generation = {"bundle": samples.bundle, "temperature": samples.temperature, "top_k": samples.top_k,

@@ -41,3 +41,11 @@ def plot_patches(path: str | os.PathLike, entropies: Sequence[float], patch_leng
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=120)
     plt.close(fig)
+
+
+def plot_text_patches(path: str | os.PathLike, data: bytes, patch_lengths: Sequence[int], entropies: Sequence[float],
+                      cfg) -> None:
+    """``plot_patches`` of a text's bytes under filled patcher settings ``cfg`` (a ``PatcherConfig``):
+    its threshold, drawn when global, and a title naming the scheme, bytes and patches."""
+    plot_patches(path, entropies, patch_lengths, cfg.threshold, data, relative=cfg.scheme == "monotonic",
+                 title=f"{cfg.scheme} patching: {len(data)} bytes, {len(patch_lengths)} patches")
