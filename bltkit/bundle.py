@@ -18,6 +18,7 @@ from typing import Literal, Optional
 
 from . import config as cfgio
 from .patching.config import PatcherConfig
+from .weights import WEIGHTS_FILE
 
 BUNDLE_FILE = "bundle.yaml"
 MODEL_SUBDIR = "model"
@@ -60,6 +61,16 @@ def read_bundle(directory: str | os.PathLike) -> BundleMeta:
         raise FileNotFoundError(f"bundle {d} says it has an entropy model but {d / ENTROPY_SUBDIR} is missing")
     return meta
 
+
+
+def weights_file(directory: str | os.PathLike) -> Path:
+    """``model.safetensors`` of a bundle (``DIR/model/``) or of a model directory (a run's
+    ``init_from``)."""
+    d = Path(directory)
+    for cand in (d / MODEL_SUBDIR / WEIGHTS_FILE, d / WEIGHTS_FILE):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{d}: no {MODEL_SUBDIR}/{WEIGHTS_FILE} or {WEIGHTS_FILE} there (a bundle or a model directory)")
 
 def write_bundle_meta(directory: str | os.PathLike, meta: BundleMeta) -> None:
     d = Path(directory)

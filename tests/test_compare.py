@@ -12,7 +12,7 @@ from bltkit.cli import main
 from bltkit.compare.config import CompareConfig, load_compare_config
 from bltkit.compare.runner import run_compare
 from bltkit.patching import PatcherConfig
-from bltkit.patchtrain.blt_init import apply_blt_init
+from bltkit.training.blt_init import apply_blt_init
 from bltkit.patchtrain.config import ByteLMConfig
 from bltkit.patchtrain.model import ByteLM
 from bltkit.patchtrain.schedule import relative_cost

@@ -13,7 +13,8 @@ from bltkit.data.vocab import EOS_ID, OFFSET, encode_tensor
 from bltkit.model.global_transformer import GlobalTransformer
 from bltkit.patchtrain.config import ByteLMConfig
 from bltkit.patchtrain.loss import patch_nats
-from bltkit.patchtrain.model import ByteLM, init_blt_global_from
+from bltkit.patchtrain.model import ByteLM
+from bltkit.training.blt_init import init_global_transformer
 from bltkit.patchtrain.packing import pack_patch_rows
 from bltkit.patchtrain.schedule import (Budget, PatchTrainConfig, patch_train, patch_train_config_from_dict,
                                         patch_train_phases, plan, relative_cost)
@@ -112,11 +113,13 @@ def test_init_blt_global_from_bytelm():
     blt = ByteLatentTransformer(load_blt_config("tiny"))
     g = blt.config.global_model
     lm = ByteLM(ByteLMConfig(dim=g.dim, n_layers=g.n_layers, n_heads=g.n_heads, init_seed=5))
-    init_blt_global_from(blt, lm)
+    init_global_transformer(blt, lm.state_dict(), "lm")
     for k, v in lm.global_transformer.layers.state_dict().items():
         assert torch.equal(blt.global_transformer.layers.state_dict()[k], v)
-    with pytest.raises(ValueError, match="does not fit"):
-        init_blt_global_from(blt, small_model())
+    with pytest.raises(ValueError, match="small: the backbone does not fit"):
+        init_global_transformer(blt, small_model().state_dict(), "small")
+    with pytest.raises(ValueError, match="no global_transformer tensors"):
+        init_global_transformer(blt, {"output.weight": torch.zeros(1)}, "other")
 
 
 # ---- loss --------------------------------------------------------------------------------------------

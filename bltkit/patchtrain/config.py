@@ -3,7 +3,7 @@
 ``ByteLMConfig`` *is* a ``bltkit.nn.StackConfig`` (the config of every bltkit stack, the BLT's
 ``global_model`` included) with the LM's own fields added, so "the same block, RoPE, norm and
 init" is one implementation and one config: a ByteLM of the sizes of a BLT's global model can
-initialise it (``init_blt_global_from``). The backbone takes patch vectors of its own width, so no
+initialise it (``task.init_global_from``, ``bltkit.training.blt_init``). The backbone takes patch vectors of its own width, so no
 input projection exists (docs/architecture.md, "Data flow": the projection to G is there only
 when k*De differs from G). Attention is causal with no window;
 ``doc_reset`` resets it after an EOS (block-causal; docs/architecture.md, "Masks").

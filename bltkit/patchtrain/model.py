@@ -8,7 +8,8 @@
 The backbone *is* ``bltkit.model.global_transformer.GlobalTransformer`` (built from the
 ``ByteLMConfig``, a ``StackConfig`` like the BLT's ``global_model``), not a copy: the same code path initialises it (the rules listed in
 ``ByteLatentTransformer.init_weights``) and its state-dict keys (``global_transformer.layers.*``) are BLT's, so a
-patch-trained ByteLM can initialise a BLT's global transformer (``init_blt_global_from``).
+patch-trained ByteLM can initialise a BLT's global transformer (``task.init_global_from``,
+``bltkit.training.blt_init``).
 RoPE positions count patches in the patch phase and bytes otherwise (no rescaling). With
 ``doc_reset`` attention is block-causal: a patch (or byte) holding an EOS ends its document (docs/architecture.md, "Masks").
 """
@@ -142,17 +143,4 @@ class ByteLM(nn.Module):
                                        what="byte LM")
 
 
-def init_blt_global_from(blt: nn.Module, bytelm: ByteLM) -> None:
-    """Copy a (patch-)trained ByteLM's backbone into ``blt.global_transformer`` (the extension in
-    docs/fixed-k.md, "With BLT"). Widths, depths and heads must match; the BLT's input projection, if any,
-    keeps its own initialisation."""
-    src = {k: v for k, v in bytelm.global_transformer.state_dict().items()}
-    dst = blt.global_transformer.state_dict()
-    bad = [k for k, v in src.items() if k not in dst or tuple(dst[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ValueError(f"the ByteLM backbone does not fit this BLT's global transformer: {bad[:4]} "
-                         f"(ByteLM dim {bytelm.config.dim}, n_layers {bytelm.config.n_layers})")
-    blt.global_transformer.load_state_dict(src, strict=False)
-
-
-__all__ = ["ByteLM", "check_patch_size", "init_blt_global_from", "patch_documents"]
+__all__ = ["ByteLM", "check_patch_size", "patch_documents"]

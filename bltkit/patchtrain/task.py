@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from .. import config as cfgio
-from ..bundle import MODEL_SUBDIR, save_bundle
+from ..bundle import save_bundle, weights_file
 from ..data.vocab import EOS_ID
-from ..weights import WEIGHTS_FILE, load_weights_into
+from ..weights import load_weights_into
 from ..training.batches import Rows, StepBatches, eval_batches, pack_rows
 from ..training.config import TrainConfig
 from ..training.flops import lm_forward_flops, training_flops
@@ -50,15 +50,6 @@ class ByteLMTaskSettings:
                                                  or self.patch_row_bytes % self.patch_size):
             raise ValueError(f"task.patch_row_bytes {self.patch_row_bytes} is not a positive multiple of the "
                              f"patch size K={self.patch_size}")
-
-
-def weights_file(directory: str | Path) -> Path:
-    """``model.safetensors`` of a bundle (``DIR/model/``) or of a model directory."""
-    d = Path(directory)
-    for cand in (d / MODEL_SUBDIR / WEIGHTS_FILE, d / WEIGHTS_FILE):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"init_from {d}: no {MODEL_SUBDIR}/{WEIGHTS_FILE} or {WEIGHTS_FILE} there")
 
 
 class ByteLMTask(PackedDataTask):
@@ -151,4 +142,4 @@ def bytelm_forward_flops(cfg: ByteLMConfig, ids: torch.Tensor, patch_size: int =
                             cfg.vocab_size, None, cfg.doc_reset)
 
 
-__all__ = ["ByteLMTask", "ByteLMTaskSettings", "bytelm_forward_flops", "weights_file"]
+__all__ = ["ByteLMTask", "ByteLMTaskSettings", "bytelm_forward_flops"]

@@ -4,7 +4,8 @@
     result = train(load_train_config("tiny", ["steps=100"]), "runs/tiny")
 
 Modules: ``config`` (typed run config), ``task`` (the per-kind ``Task`` interface and registry),
-``blt_task`` / ``entropy_task`` / ``packed_task`` (tasks), ``batches`` (packed rows, per-step
+``blt_task`` / ``entropy_task`` / ``packed_task`` (tasks), ``blt_init`` (a BLT run's ``init_from`` /
+``init_global_from``), ``batches`` (packed rows, per-step
 batches), ``patch_source`` (patcher settings -> document patch lengths), ``precomputed`` (entropies
 from ``bltkit precompute`` shards), ``optim`` (AdamW groups),
 ``schedule`` (cosine / WSD / constant), ``flops`` (analytic FLOPs), ``checkpoint`` (atomic

@@ -46,7 +46,7 @@ class BLTTask(PackedDataTask):
 
     def build_model(self) -> nn.Module:
         model = ByteLatentTransformer(self.model_cfg)
-        from ..patchtrain.blt_init import apply_blt_init  # task.init_from / init_global_from (patch training)
+        from .blt_init import apply_blt_init  # task.init_from / init_global_from (docs/fixed-k.md)
 
         apply_blt_init(model, self.cfg.task, self._resolve)
         return model
