@@ -10,26 +10,19 @@ A finished training run's output directory is a bundle (the trainer writes ``bun
 """
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 from . import config as cfgio
-from .patching.config import PatcherConfig
+from .patching.config import PatcherConfig, resolve_patcher
+from .registry import model_class
 from .weights import WEIGHTS_FILE
 
 BUNDLE_FILE = "bundle.yaml"
 MODEL_SUBDIR = "model"
 ENTROPY_SUBDIR = "entropy_model"
-
-# kind -> "module:Class"; each class has save_pretrained(dir) and from_pretrained(dir, device, dtype).
-MODEL_KINDS: dict[str, str] = {
-    "blt": "bltkit.model.blt:ByteLatentTransformer",
-    "bytelm": "bltkit.patchtrain.model:ByteLM",
-    "entropy": "entropy_model.model:EntropyModel",
-}
 
 
 @dataclass
@@ -38,13 +31,6 @@ class BundleMeta:
     patcher: Optional[PatcherConfig] = None  # a BLT's patching (bltkit.patching.resolve_patcher)
     has_entropy_model: bool = False
     note: str = ""
-
-
-def model_class(kind: str):
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
-    module, name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def read_bundle(directory: str | os.PathLike) -> BundleMeta:
@@ -62,7 +48,6 @@ def read_bundle(directory: str | os.PathLike) -> BundleMeta:
     return meta
 
 
-
 def weights_file(directory: str | os.PathLike) -> Path:
     """``model.safetensors`` of a bundle (``DIR/model/``) or of a model directory (a run's
     ``init_from``)."""
@@ -71,6 +56,20 @@ def weights_file(directory: str | os.PathLike) -> Path:
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{d}: no {MODEL_SUBDIR}/{WEIGHTS_FILE} or {WEIGHTS_FILE} there (a bundle or a model directory)")
+
+
+def bundle_patcher(directory: str | os.PathLike, *, entropy_model: str | os.PathLike | None = None,
+                   overrides=None, ready: bool = True) -> PatcherConfig:
+    """The patcher settings that apply to the bundle in ``directory`` (``resolve_patcher``): its
+    entropy model's calibrated ``patcher.yaml``, then its ``bundle.yaml`` patcher, then
+    ``overrides``. Its own ``entropy_model/`` is the entropy model unless ``entropy_model`` or
+    ``overrides`` name another; errors name ``bundle.yaml``."""
+    d = Path(directory)
+    meta = read_bundle(d)
+    if entropy_model is None and meta.has_entropy_model:
+        entropy_model = d / ENTROPY_SUBDIR
+    return resolve_patcher(meta.patcher or PatcherConfig(), entropy_model=entropy_model, overrides=overrides,
+                           base_dir=d, ready=ready, source=str(d / BUNDLE_FILE))
 
 def write_bundle_meta(directory: str | os.PathLike, meta: BundleMeta) -> None:
     d = Path(directory)

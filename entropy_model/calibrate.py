@@ -147,7 +147,7 @@ def calibrate_threshold(entropies: Sequence[torch.Tensor], target_mean: float, m
 
 def document_entropies(model: torch.nn.Module, docs: Sequence[bytes], **kwargs) -> list[torch.Tensor]:
     """Entropies of each document as the trainer sees it: BOS + bytes + EOS."""
-    from .entropies import compute_entropies
+    from bltkit.patching.entropies import compute_entropies
 
     return compute_entropies(model, [encode_tensor(d) for d in docs], **kwargs)
 

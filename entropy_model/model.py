@@ -13,7 +13,7 @@ row and are not reset at documents. One layer sees ``window - 1`` positions back
 stack's output at t depends on positions ``t - receptive_field .. t`` only, with
 ``receptive_field = n_layers * (window - 1)`` (each layer widens the reach of the one below). A
 long document therefore streams through in chunks overlapping by ``receptive_field`` with
-identical results (``entropy_model.entropies``); an overlap of only ``window - 1`` is *not* enough
+identical results (``bltkit.patching.entropies``); an overlap of only ``window - 1`` is *not* enough
 for more than one layer.
 
 Unlike the reference loader this module never switches the global dtype nor names a device

@@ -145,7 +145,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     from bltkit.patching.patcher import Patcher
     from bltkit.weights import CONFIG_FILE, WEIGHTS_FILE
 
-    from .entropies import compute_entropies
+    from bltkit.patching.entropies import compute_entropies
     from .model import EntropyModel
 
     if shard_docs < 1:

@@ -6,7 +6,7 @@ import torch
 
 from bltkit.config import ConfigError
 from bltkit.data.vocab import EOS_ID, OFFSET
-from entropy_model.entropies import LN_VOCAB, compute_entropies, entropy
+from bltkit.patching.entropies import LN_VOCAB, compute_entropies, entropy
 from entropy_model.model import EntropyModel, EntropyModelConfig, load_entropy_config
 
 

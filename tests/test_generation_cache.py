@@ -21,7 +21,7 @@ from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.patching.config import PatcherConfig
 from bltkit.patching.lengths import pad_rows
 from bltkit.patching.patcher import Patcher
-from entropy_model.entropies import compute_entropies
+from bltkit.patching.entropies import compute_entropies
 from entropy_model.model import EntropyModel, load_entropy_config
 
 CPU = torch.device("cpu")

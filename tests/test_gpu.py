@@ -143,7 +143,7 @@ def test_bench_train_figure_on_cuda(cuda):
 
 def test_entropy_patching_runs_on_cuda(cuda):
     """The CUDA (flex) entropy model gives the CPU (SDPA) model's entropies, and valid patches."""
-    from entropy_model.entropies import compute_entropies
+    from bltkit.patching.entropies import compute_entropies
 
     from bltkit.bench.workloads import entropy_patcher, load_bench_entropy_model
 

@@ -12,7 +12,7 @@ from bltkit.data.vocab import encode_tensor
 from bltkit.training.config import train_config_from_dict
 from bltkit.training.loop import train
 from bltkit.training.task import build_task
-from entropy_model.entropies import compute_entropies
+from bltkit.patching.entropies import compute_entropies
 from entropy_model.model import EntropyModel, load_entropy_config
 from entropy_model.precompute import precompute
 

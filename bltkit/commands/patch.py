@@ -48,7 +48,12 @@ def _settings(args):
     if flags.needs_scores and not (args.model or args.entropy_model):
         raise ValueError(f"scheme {flags.scheme or 'entropy'!r} needs an entropy model: give --entropy-model DIR "
                          "or --model BUNDLE (or choose --scheme static, space or byte)")
-    cfg = resolve_patcher(bundle=args.model, entropy_model=args.entropy_model, overrides=flags)
+    if args.model:
+        from ..bundle import bundle_patcher
+
+        cfg = bundle_patcher(args.model, overrides=flags)
+    else:
+        cfg = resolve_patcher(entropy_model=args.entropy_model, overrides=flags)
     return cfg, cfg.entropy_model
 
 

@@ -32,9 +32,9 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..bundle import ENTROPY_SUBDIR, BUNDLE_FILE, load_bundle_models, save_bundle
+from ..bundle import ENTROPY_SUBDIR, BUNDLE_FILE, bundle_patcher, load_bundle_models, save_bundle
 from ..data.vocab import encode, to_bytes
-from ..patching.config import PatcherConfig, resolve_patcher
+from ..patching.config import PatcherConfig
 from ..runtime import resolve_device, resolve_dtype
 from .generate import Generation, collect, stream_text
 from .recompute import RecomputeStepper
@@ -72,7 +72,7 @@ def load(path: str | os.PathLike, device=None, dtype=None, max_context: int = DE
     if meta.kind == "blt":
         if meta.patcher is None:
             raise ValueError(f"{d / BUNDLE_FILE} has no patcher settings: a BLT needs its patching scheme")
-        patcher = resolve_patcher(bundle=d)
+        patcher = bundle_patcher(d)
     return Handle(model, patcher=patcher, entropy_model=em, kind=meta.kind, device=dev, max_context=max_context)
 
 

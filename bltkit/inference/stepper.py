@@ -25,14 +25,8 @@ import torch
 from torch import nn
 
 from ..patching.config import PatcherConfig
+from ..patching.entropies import entropy
 from .boundaries import OnlineBoundaries
-
-
-def entropy_of(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats, fp32, over the last axis (``entropy_model.entropies.entropy``)."""
-    from entropy_model.entropies import entropy
-
-    return entropy(logits)
 
 
 def pad_prompts(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +102,7 @@ class CachedStepper:
         if not self.is_blt:
             return self.model(ids, cache=self.cache, valid=valid)
         pos = self.cache.length[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (B, T)
-        h = entropy_of(self.em(ids, cache=self.ecache, valid=valid)) if self.em is not None else None  # (B, T)
+        h = entropy(self.em(ids, cache=self.ecache, valid=valid)) if self.em is not None else None  # (B, T)
         starts_next = self.bounds.decide(ids, pos, h, valid)  # (B, T)
         return self.model(ids, cache=self.cache, starts_next=starts_next, valid=valid, global_width=global_width)
 
@@ -147,4 +141,4 @@ class CachedStepper:
             self.bounds.restore(snap["bounds"])
 
 
-__all__ = ["CachedStepper", "entropy_of", "pad_prompts"]
+__all__ = ["CachedStepper", "pad_prompts"]

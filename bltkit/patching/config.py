@@ -12,9 +12,9 @@ the settings every entry point uses (training, ``bltkit precompute``, ``bltkit p
 ``bltkit.load(...)``, generation, the comparison and the demo). Layers, lowest first:
 
 1. the entropy model's calibrated ``patcher.yaml``;
-2. the bundle's ``patcher`` (``bundle.yaml``);
-3. the given settings (a training config's ``patcher:``);
-4. overrides (command-line flags, keyword arguments).
+2. the given settings (a training config's ``patcher:``, or a bundle's ``bundle.yaml`` patcher:
+   ``bltkit.bundle.bundle_patcher`` reads the bundle and calls this function);
+3. overrides (command-line flags, keyword arguments).
 
 A higher layer's set values win. A layer that changes the scheme drops the lower layers'
 ``threshold``, ``threshold_add`` and calibration record (a global θ is no relative θ); one that
@@ -187,37 +187,23 @@ def entropy_model_dir(path: str | os.PathLike, base_dir: str | os.PathLike | Non
     return p
 
 
-def resolve_patcher(settings: Settings = None, *, bundle: str | os.PathLike | None = None,
-                    entropy_model: str | os.PathLike | None = None, overrides: Settings = None,
-                    base_dir: str | os.PathLike | None = None, ready: bool = True,
+def resolve_patcher(settings: Settings = None, *, entropy_model: str | os.PathLike | None = None,
+                    overrides: Settings = None, base_dir: str | os.PathLike | None = None, ready: bool = True,
                     source: str = "patcher settings") -> PatcherConfig:
     """The patcher settings that apply, filled (see the module docstring).
 
-    ``bundle``: a bundle directory (its ``bundle.yaml`` patcher and its entropy model);
     ``entropy_model``: an entropy model (or run) directory; ``settings``: a training config's
-    ``patcher:``; ``overrides``: command-line values. The entropy model is the first one named by
-    ``overrides``, ``entropy_model``, ``settings``, then the bundle's; relative paths are looked up
-    beside ``base_dir`` too. The result names it by its resolved directory. With ``ready`` the
-    result must be usable as is: a threshold for the entropy schemes, and an entropy model.
+    ``patcher:`` (or a bundle's, ``bltkit.bundle.bundle_patcher``); ``overrides``: command-line
+    values. The entropy model is the first one named by ``overrides``, ``entropy_model``, then
+    ``settings``; relative paths are looked up beside ``base_dir`` too. The result names it by its
+    resolved directory. With ``ready`` the result must be usable as is: a threshold for the
+    entropy schemes, and an entropy model.
     """
     given, over = as_patcher_config(settings, source), as_patcher_config(overrides, "overrides")
-    layers: list[PatcherConfig] = []
-    em: Optional[Path] = None
     named = over.entropy_model or entropy_model or given.entropy_model
-    if named is not None:
-        em = entropy_model_dir(named, base_dir)
-    if bundle is not None:
-        from ..bundle import ENTROPY_SUBDIR, read_bundle
-
-        meta = read_bundle(bundle)
-        layers.append(meta.patcher or PatcherConfig())
-        if em is None and meta.has_entropy_model:
-            em = Path(bundle) / ENTROPY_SUBDIR
-        source = str(Path(bundle) / "bundle.yaml")
-    if em is not None:
-        layers.insert(0, load_patcher_settings(em) or PatcherConfig())
+    em: Optional[Path] = entropy_model_dir(named, base_dir) if named is not None else None
     cfg = PatcherConfig()
-    for layer in layers + [given, over]:
+    for layer in [(load_patcher_settings(em) if em is not None else None) or PatcherConfig(), given, over]:
         cfg = merge(cfg, layer)
     cfg = replace(cfg.filled(), entropy_model=str(em) if em is not None else None)
     try:

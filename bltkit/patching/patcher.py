@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from ..data.vocab import check_ids, encode_tensor
+from ..registry import model_class
 from .boundaries import lengths_from_starts, split_long, start_mask
 from .config import PatcherConfig, resolve_patcher
+from .entropies import compute_entropies
 
 Inputs = Union[str, bytes, torch.Tensor, Sequence]
 
@@ -109,10 +111,8 @@ class Patcher:
         """A patcher for resolved settings (``resolve_patcher``), its entropy model loaded when the
         scheme needs one (or when one is named, for showing entropies)."""
         scorer = None
-        if config.entropy_model is not None:
-            from entropy_model.model import EntropyModel
-
-            scorer = EntropyModel.from_pretrained(config.entropy_model, device=device)
+        if config.entropy_model is not None:  # the model kind sits above patching: named, not imported
+            scorer = model_class("entropy").from_pretrained(config.entropy_model, device=device)
         return cls(config, scorer=scorer, **kwargs)
 
     @classmethod
@@ -128,8 +128,6 @@ class Patcher:
         if self.scorer is None:
             raise ValueError(f"scheme {self.config.scheme!r} needs entropies: give the patcher a scorer "
                              "(an entropy model) or pass precomputed scores")
-        from entropy_model.entropies import compute_entropies
-
         return compute_entropies(self.scorer, rows, precision=self.precision, chunk_len=self.chunk_len,
                                  batch_size=self.batch_size)
 
