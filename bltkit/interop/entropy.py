@@ -1,12 +1,12 @@
 """Entropy-model (patcher LM) weights in the HF and reference formats <-> bltkit's ``EntropyModel``.
 
-Why separate: the entropy model belongs to the ``entropy_model`` package (the patching
-engineer's), which bltkit's converters must not require. Both foreign formats name it like the
-reference ``LMTransformer`` (docs/reference-semantics.md §3): ``tok_embeddings``, ``layers.{i}.attention.wq``,
+Why separate: the entropy model is its own package (``entropy_model``), and its weights have
+their own names. Both foreign formats name it like the reference ``LMTransformer``
+(docs/reference-semantics.md §3): ``tok_embeddings``, ``layers.{i}.attention.wq``,
 ``feed_forward.w1``, ``attention_norm``, ``ffn_norm``, ``norm``, ``output`` (HF's
-``model.patcher.*`` is renamed to these in ``hf.py``). When ``entropy_model.model.EntropyModel``
-is not installed, ``build`` returns ``None`` with the reason and the converters say so instead of
-failing: the BLT itself converts either way.
+``model.patcher.*`` is renamed to these in ``hf.py``). When a source's entropy model does not fit
+``EntropyModel``'s config, ``build`` returns ``None`` with the reason and the converters say so
+instead of failing: the BLT itself converts either way.
 
 Semantics (docs/reference-semantics.md §3, §16.1): the reference loader hard-codes a 512 sliding window with EOS resets
 and RoPE theta 10000; HF's patcher is plain causal with its own ``rope_parameters``.
@@ -14,10 +14,7 @@ and RoPE theta 10000; HF's patcher is plain causal with its own ``rope_parameter
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import os
-import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -54,22 +51,13 @@ def spec_from_reference(args: dict, source: str) -> StackConfig:
                        doc_reset=True)
 
 
-# ---- bltkit's EntropyModel, when installed -------------------------------------------------------
+# ---- bltkit's EntropyModel -----------------------------------------------------------------------
 def _api() -> tuple[Optional[type], Optional[type], str]:
-    """(EntropyModel, its config class, reason if unusable)."""
-    try:
-        mod = importlib.import_module("entropy_model.model")
-    except ImportError:
-        return None, None, "bltkit's entropy_model package has no model module (entropy_model/model.py) installed"
-    cls = getattr(mod, "EntropyModel", None)
-    if cls is None:
-        return None, None, "entropy_model.model has no EntropyModel"
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    hints = typing.get_type_hints(cls.__init__) if params else {}
-    cfg_cls = hints.get(params[0].name) if params else None
-    if cfg_cls is None or not (isinstance(cfg_cls, type) and issubclass(cfg_cls, StackConfig)):
-        return None, None, "EntropyModel's constructor does not take a StackConfig this converter understands"
-    return cls, cfg_cls, ""
+    """(EntropyModel, its config class, reason if unusable): its config is a ``StackConfig``, which
+    is what the converter maps the source's fields to."""
+    from entropy_model.model import EntropyModel, EntropyModelConfig
+
+    return EntropyModel, EntropyModelConfig, ""
 
 
 def _config_for(spec: StackConfig, cfg_cls: type) -> tuple[Optional[Any], str]:

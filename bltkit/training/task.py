@@ -12,7 +12,6 @@ parallelism can normalise over the *global* step exactly, and bits per byte is
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import resolve
 from .config import TrainConfig
 
 # kind -> "module:Class"
@@ -38,12 +38,7 @@ def register_task(kind: str, target: str) -> None:
 def build_task(cfg: TrainConfig, config_dir: Optional[Path] = None) -> "Task":
     if cfg.kind not in TASKS:
         raise ValueError(f"unknown model kind {cfg.kind!r}; known: {sorted(TASKS)}")
-    module, name = TASKS[cfg.kind].split(":")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"model kind {cfg.kind!r} is not available ({TASKS[cfg.kind]}): {e}") from None
-    return cls(cfg, config_dir)
+    return resolve(TASKS[cfg.kind], f"the task of model kind {cfg.kind!r}")(cfg, config_dir)
 
 
 def masked_nats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
