@@ -1,7 +1,7 @@
 """A bundle: one directory that holds everything needed to use a trained model.
 
     BUNDLE/
-      bundle.yaml            kind (blt | bytelm | entropy), patcher settings (scheme, threshold...)
+      bundle.yaml            kind (blt | bytelm | entropy | hnet), patcher settings (scheme, threshold...)
       model/                 config.yaml + model.safetensors of the main model
       entropy_model/         config.yaml + model.safetensors (+ patcher.yaml) when patching needs it
 
@@ -27,7 +27,7 @@ ENTROPY_SUBDIR = "entropy_model"
 
 @dataclass
 class BundleMeta:
-    kind: Literal["blt", "bytelm", "entropy"] = "blt"
+    kind: Literal["blt", "bytelm", "entropy", "hnet"] = "blt"
     patcher: Optional[PatcherConfig] = None  # a BLT's patching (bltkit.patching.resolve_patcher)
     has_entropy_model: bool = False
     note: str = ""

@@ -17,6 +17,7 @@ MODEL_KINDS: dict[str, str] = {
     "blt": "bltkit.model.blt:ByteLatentTransformer",
     "bytelm": "bltkit.patchtrain.model:ByteLM",
     "entropy": "entropy_model.model:EntropyModel",
+    "hnet": "bltkit.model.hnet:HNet",
 }
 
 

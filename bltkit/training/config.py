@@ -1,6 +1,6 @@
 """Typed training configuration: one dataclass per concern, loaded from ``configs/train/*.yaml``.
 
-A run's YAML names the model kind (``blt``, ``entropy``, ``bytelm``), the model config (a shipped
+A run's YAML names the model kind (``blt``, ``entropy``, ``bytelm``, ``hnet``), the model config (a shipped
 name or a path, loaded by the kind's task), the data, the patcher, the optimiser
 (docs/reference-semantics.md §13: AdamW 0.9/0.95, eps 1e-8, weight decay on every parameter by default), the schedule, and the
 logging / checkpoint cadence. Unknown keys are errors naming the key and the file
@@ -94,7 +94,7 @@ class TrainConfig:
     """A whole run. ``model`` is a shipped config name of the kind (``tiny``) or a YAML path;
     ``model_overrides`` are ``key=value`` strings applied to it."""
 
-    kind: Literal["blt", "entropy", "bytelm"] = "blt"
+    kind: Literal["blt", "entropy", "bytelm", "hnet"] = "blt"
     model: str = "tiny"
     model_overrides: list[str] = field(default_factory=list)
     # BLT only: the patching scheme and its settings; unset values come from the entropy model's

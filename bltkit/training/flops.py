@@ -157,3 +157,54 @@ def blt_flops_per_byte(cfg, mean_patch_length: float, context_bytes: int) -> dic
     out = {name: v / n for name, v in parts.items()}
     out["total"] = sum(out.values())
     return out
+
+
+def hnet_forward_flops(cfg, ids: torch.Tensor, boundary: torch.Tensor) -> dict[str, int]:
+    """Forward FLOPs of one H-Net batch (``bltkit.model.hnet``; docs/hnet.md) by component, with
+    the chunks the router chose (``boundary`` (B, N) bool: byte t opens a chunk).
+
+    - encoder and decoder: byte blocks with the local window cut at documents, as a BLT's local
+      models; the head (D0 x V) counts with the decoder;
+    - chunking: the router's two D0 x D0 projections and the residual projection per byte
+      (6 D0^2 a byte), and the smoothing's two multiply-adds a channel per chunk (4 D0 a chunk);
+    - main: the blocks over the real chunks only, with the (block-)causal chunk prefix, as the
+      BLT's global model over patches (the padding slots of a batch are not counted).
+    """
+    ids = ids.detach().cpu()
+    bnd = boundary.detach().cpu()
+    b, n = ids.shape
+    n_bytes = b * n
+    e, m, d = cfg.encoder, cfg.main, cfg.decoder
+    counts = bnd.sum(dim=1)  # (B,) chunks a row
+    n_chunks = int(counts.sum())
+    enc = stack_flops(n_bytes, local_pairs(ids, e.window, e.doc_reset), e.dim, e.n_layers, e.n_heads,
+                      e.n_kv_heads, e.head_dim, e.hidden)
+    chunking = n_bytes * 3 * 2 * e.dim * e.dim + n_chunks * 4 * e.dim
+    groups = None
+    if m.doc_reset:  # each chunk's document: that of its first byte
+        doc = document_ids(ids, EOS_ID)
+        m_max = max(1, int(counts.max()))
+        groups = torch.zeros(b, m_max, dtype=doc.dtype)
+        for r in range(b):
+            groups[r, : int(counts[r])] = doc[r][bnd[r]]
+    main = stack_flops(n_chunks, causal_pairs(counts, groups), m.dim, m.n_layers, m.n_heads, m.n_kv_heads,
+                       m.head_dim, m.hidden)
+    dec = stack_flops(n_bytes, local_pairs(ids, d.window, d.doc_reset), d.dim, d.n_layers, d.n_heads,
+                      d.n_kv_heads, d.head_dim, d.hidden)
+    dec += n_bytes * 2 * d.dim * cfg.vocab_size
+    return {"encoder": enc, "chunking": chunking, "main": main, "decoder": dec}
+
+
+def hnet_flops_per_byte(cfg, bytes_per_chunk: float, context_bytes: int) -> dict[str, float]:
+    """Analytic forward FLOPs per byte of an H-Net at a steady state: a row of ``context_bytes``
+    bytes in one document whose chunks are ``bytes_per_chunk`` long, evenly spaced. For planning
+    (sizing a config to a budget) and plots, like ``blt_flops_per_byte``."""
+    n = context_bytes
+    ids = torch.full((1, n), 5, dtype=torch.int64)
+    k = max(1, round(n / bytes_per_chunk))
+    bnd = torch.zeros(1, n, dtype=torch.bool)
+    bnd[0, torch.linspace(0, n, k + 1)[:-1].long()] = True
+    parts = hnet_forward_flops(cfg, ids, bnd)
+    out = {name: v / n for name, v in parts.items()}
+    out["total"] = sum(out.values())
+    return out

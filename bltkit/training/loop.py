@@ -9,7 +9,8 @@ Per optimiser step (docs/reference-semantics.md §13):
      stays as it was), and so does an update that overflows (a learning rate near 1e38);
   4. clip the global gradient norm, set the LR from the schedule, AdamW step.
 Logged every ``log_every`` steps: loss, lr, bytes, mean patch length, cumulative training FLOPs,
-bytes/s; every ``eval_every`` steps (and before the first and after the last): held-out bits per
+bytes/s, and the kind's own figures (``Task.step_metrics``: the H-Net's ratio loss and
+compression); every ``eval_every`` steps (and before the first and after the last): held-out bits per
 byte. Checkpoints every ``checkpoint_every`` steps and at the end (checkpoint.py); ``resume``
 continues from the newest complete one and reproduces the uninterrupted run's losses (a config
 that differs from the checkpoint's is used, with a warning on stderr naming the changed keys). The
@@ -20,6 +21,7 @@ Precision: fp32 master weights; bf16 autocast on CUDA (``precision: auto``), fp3
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,17 +283,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, force: bool, config_dir: O
             for i, mb in enumerate(micro):
                 with grad_sync(wrapped, mode, sync=i == len(micro) - 1):
                     with autocast(device, amp):
-                        nats, _ = task.loss(wrapped, iter_to_device(mb, device))
-                    (nats * (env.world_size / n_global)).backward()
+                        parts = task.loss(wrapped, iter_to_device(mb, device))
+                    nats = parts[0]
+                    objective = nats + parts[2] if len(parts) > 2 else nats  # a kind's penalty (Task.loss)
+                    (objective * (env.world_size / n_global)).backward()
                 nats_step += nats.detach().double()
 
+            aux = task.step_stats()
             stats = torch.tensor([float(nats_step), float(task.flops_per_batch(batch)),
                                   float(task.n_patches(batch))], dtype=torch.float64, device=device)
             extra = task.extra_flops_per_batch(batch)
             extra_t = torch.tensor([float(v) for v in extra.values()], dtype=torch.float64, device=device)
+            aux_t = torch.tensor([float(aux[k]) for k in sorted(aux)], dtype=torch.float64, device=device)
             all_reduce_sum(stats, env)
             if extra:
                 all_reduce_sum(extra_t, env)
+            if aux:
+                all_reduce_sum(aux_t, env)
             loss = float(stats[0]) / n_global
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at step {step}; stopping before the update "
@@ -333,6 +341,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, force: bool, config_dir: O
                 if n_p > 0:
                     rec["mean_patch_length"] = n_global / n_p
                 rec.update(extra_total)
+                if aux:
+                    rec.update(task.step_metrics(dict(zip(sorted(aux), aux_t.tolist()))))
+                    if "warning" in rec and env.is_main:
+                        tqdm.write(f"warning: step {step}: {rec['warning']}", file=sys.stderr)
                 if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
                     bpb = evaluate(task, wrapped, held_out, device, amp)
                     rec["bpb"] = bpb

@@ -2,6 +2,7 @@
 
 The reference decays every parameter (no groups). ``no_decay_norms_embeddings`` offers the common
 alternative: norm weights, biases and embedding tables (byte and hash n-gram) without decay.
+Per-stage learning-rate factors (the H-Net, docs/hnet.md) split the groups further.
 Fused AdamW is used on CUDA; CPU keeps the default (foreach) implementation.
 """
 from __future__ import annotations
@@ -13,7 +14,28 @@ from .config import OptimConfig
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """One group decayed at ``cfg.weight_decay``; with the option, a second one at 0."""
+    """One group decayed at ``cfg.weight_decay``; with the option, a second one at 0. A model
+    with per-parameter learning-rate factors (``lr_multiplier(name)``, the H-Net's stages) has
+    each group split by factor, recorded as the group's ``lr_mult`` (``schedule.set_lr``)."""
+    return _split_by_lr_multiplier(model, _decay_groups(model, cfg))
+
+
+def _split_by_lr_multiplier(model: nn.Module, groups: list[dict]) -> list[dict]:
+    base = getattr(model, "module", model)  # DDP wraps the model; FSDP2 keeps its class
+    factor = getattr(base, "lr_multiplier", None)
+    if factor is None:
+        return groups
+    mult = {id(p): float(factor(name)) for name, p in base.named_parameters()}
+    out = []
+    for g in groups:
+        by: dict[float, list] = {}
+        for p in g["params"]:
+            by.setdefault(mult[id(p)], []).append(p)
+        out.extend({**g, "params": ps, "lr_mult": m} for m, ps in sorted(by.items()))
+    return out
+
+
+def _decay_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not cfg.no_decay_norms_embeddings:
         return [{"params": params, "weight_decay": cfg.weight_decay}]

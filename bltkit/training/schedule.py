@@ -38,8 +38,9 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
 
 
 def set_lr(optimizer, peak_lr: float, factor: float) -> float:
-    """Set every group's LR to ``peak_lr * factor``; returns it."""
+    """Set every group's LR to ``peak_lr * factor`` times the group's ``lr_mult`` (1 unless a
+    model has per-stage factors, ``optim.parameter_groups``); returns ``peak_lr * factor``."""
     lr = peak_lr * factor
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_mult", 1.0)
     return lr

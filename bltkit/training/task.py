@@ -8,7 +8,9 @@ checkpoints, metrics). New kinds register a ``"module:Class"`` in ``TASKS`` (or 
 
 Losses are returned as ``(sum of nats, number of real targets)`` so that accumulation and data
 parallelism can normalise over the *global* step exactly, and bits per byte is
-``sum nats / (ln 2 * n targets)`` (docs/measurement.md §1).
+``sum nats / (ln 2 * n targets)`` (docs/measurement.md §1). A kind with an auxiliary objective (the
+H-Net's ratio loss) returns a third value, a penalty in the same units, which joins the gradient
+but not the logged loss; its per-step figures go through ``step_stats`` / ``step_metrics``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ TASKS: dict[str, str] = {
     "blt": "bltkit.training.blt_task:BLTTask",
     "entropy": "bltkit.training.entropy_task:EntropyTask",
     "bytelm": "bltkit.patchtrain.task:ByteLMTask",
+    "hnet": "bltkit.training.hnet_task:HNetTask",
 }
 
 
@@ -93,8 +96,10 @@ class Task(ABC):
 
     # ---- objective and accounting -----------------------------------------------------------------
     @abstractmethod
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of nats, number of real targets) of ``batch`` (tensors on the model's device)."""
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(sum of nats, number of real targets) of ``batch`` (tensors on the model's device),
+        optionally with a third value: a differentiable penalty in nats-sum units (scaled like
+        the nats by the step's target count), added to the objective and left out of the loss."""
 
     def eval_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out (nats, targets) for bits per byte; a per-byte likelihood by default."""
@@ -115,6 +120,17 @@ class Task(ABC):
     def n_patches(self, batch: dict[str, torch.Tensor]) -> int:
         """Real patches in ``batch`` (0 for byte-level models)."""
         return 0
+
+    def step_stats(self) -> dict[str, float]:
+        """Sums over this rank's micro-batches of the step just computed, by name (the same names
+        on every rank). Called once a step, after its ``loss`` calls and before
+        ``flops_per_batch`` / ``n_patches``; the loop adds them over ranks for ``step_metrics``."""
+        return {}
+
+    def step_metrics(self, stats: dict[str, float]) -> dict[str, Any]:
+        """Entries of a logged metrics record from the step's ``step_stats`` summed over ranks; a
+        ``warning`` entry is also printed on stderr."""
+        return {}
 
     # ---- output ---------------------------------------------------------------------------------
     @abstractmethod

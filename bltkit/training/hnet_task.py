@@ -1,0 +1,136 @@
+"""Training task for the H-Net (``kind: hnet``; docs/hnet.md, arXiv 2507.07955 §2.2.3).
+
+The same packed byte rows as the entropy model and the byte LM (no patch lengths: the model
+chooses its chunks). The objective is ``cross-entropy + alpha * ratio loss``: the cross-entropy
+is what the loop logs as ``loss`` and what held-out bits per byte measure; the ratio loss enters
+the gradient as a penalty (``Task.loss``'s third value) and is logged beside it, per optimiser
+step, with the achieved compression:
+
+- ``ratio_loss``: the mean over the step's micro-batches (each computed over its real bytes);
+- ``boundary_fraction`` F (the fraction of real bytes that open a chunk) and ``bytes_per_chunk``
+  (1/F, the achieved compression; also the loop's ``mean_patch_length``);
+- ``warning``, when compression collapses: rows whose every byte opens a chunk, or rows with no
+  chunk beyond the forced starts (the row's first byte and each document's). The run goes on;
+  the record says so instead of a silent NaN.
+
+Training FLOPs count the chunks the router chose in each micro-batch (``flops.hnet_forward_flops``).
+The finished run directory is a bundle of kind ``hnet``; ``model:`` names a config under
+``configs/hnet/``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import config as cfgio
+from ..bundle import save_bundle
+from .config import TrainConfig
+from .flops import hnet_forward_flops, training_flops
+from .packed_task import PackedDataTask
+from .task import instantiate_with_state, masked_nats
+
+
+class HNetTask(PackedDataTask):
+    kind = "hnet"
+
+    def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
+        from ..model.hnet_config import load_hnet_config
+
+        super().__init__(cfg, config_dir)
+        if cfg.task:
+            raise ValueError(f"the run config's task: is not read by kind 'hnet' (got keys {sorted(cfg.task)}); "
+                             f"the chunking settings live in the model config (chunking.target_ratio, "
+                             f"chunking.ratio_loss_weight)")
+        path = cfg.model
+        if config_dir is not None and not Path(path).exists() and (config_dir / path).is_file():
+            path = str(config_dir / path)
+        self.model_cfg = load_hnet_config(path, cfg.model_overrides)
+        self._micro: list[dict[str, Any]] = []  # what this step's loss calls saw (step_stats reads it)
+        self._step: dict[str, Any] = {"flops": 0, "chunks": 0}
+
+    # ---- model ----------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from ..model.hnet import HNet
+
+        return HNet(self.model_cfg)
+
+    def model_config_dict(self) -> dict:
+        return cfgio.to_dict(self.model_cfg)
+
+    def model_from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        from ..model.hnet import HNet
+
+        return instantiate_with_state(HNet, self.model_cfg, state)
+
+    def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
+        save_bundle(out_dir, model, "hnet", patcher={})
+
+    # ---- objective ------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        from ..nn.chunking import ratio_loss
+
+        valid = batch["mask"].bool()  # input t is real when its target is
+        out = model(batch["ids"], validate=False, valid=valid, return_routing=True)
+        nats, n = masked_nats(out.logits, batch["targets"], batch["mask"])
+        ch = self.model_cfg.chunking
+        r = out.routing
+        rl = ratio_loss(r.boundary, r.prob, ch.target_ratio, valid)
+        penalty = ch.ratio_loss_weight * rl * n  # in the units of nats: the loop divides by the step's targets
+        b = r.boundary
+        per_row = b.sum(dim=1)
+        real = valid.sum(dim=1)
+        forced = (out.starts & valid).sum(dim=1)
+        self._micro.append({
+            "ids": batch["ids"].detach(), "boundary": b.detach(), "ratio_loss": float(rl.detach()),
+            "boundaries": int(per_row.sum()), "bytes": int(real.sum()),
+            "rows_all": int(((per_row == real) & (real > 1)).sum()),
+            "rows_none": int(((per_row == forced) & (real > forced)).sum()),
+        })
+        return nats, n, penalty
+
+    def eval_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch["ids"], validate=False, valid=batch["mask"].bool())
+        return masked_nats(logits, batch["targets"], batch["mask"])
+
+    # ---- accounting -----------------------------------------------------------------------------
+    def step_stats(self) -> dict[str, float]:
+        micro, self._micro = self._micro, []
+        flops = sum(training_flops(sum(hnet_forward_flops(self.model_cfg, m["ids"], m["boundary"]).values()))
+                    for m in micro)
+        self._step = {"flops": flops, "chunks": sum(m["boundaries"] for m in micro)}
+        return {
+            "ratio_loss_sum": float(sum(m["ratio_loss"] for m in micro)), "micro_batches": float(len(micro)),
+            "boundaries": float(self._step["chunks"]), "real_bytes": float(sum(m["bytes"] for m in micro)),
+            "rows": float(sum(int(m["ids"].shape[0]) for m in micro)),
+            "rows_all": float(sum(m["rows_all"] for m in micro)), "rows_none": float(sum(m["rows_none"] for m in micro)),
+        }
+
+    def step_metrics(self, stats: dict[str, float]) -> dict[str, Any]:
+        f = stats["boundaries"] / max(stats["real_bytes"], 1.0)
+        rec: dict[str, Any] = {
+            "ratio_loss": stats["ratio_loss_sum"] / max(stats["micro_batches"], 1.0),
+            "boundary_fraction": f,
+            "bytes_per_chunk": stats["real_bytes"] / max(stats["boundaries"], 1.0),
+        }
+        problems = []
+        rows = int(stats["rows"])
+        if stats["rows_all"]:
+            problems.append(f"{int(stats['rows_all'])} of {rows} rows have every byte opening a chunk")
+        if stats["rows_none"]:
+            problems.append(f"{int(stats['rows_none'])} of {rows} rows have no chunk beyond the forced starts")
+        if problems:
+            rec["warning"] = (f"compression collapsed: {'; '.join(problems)} (bytes per chunk "
+                              f"{rec['bytes_per_chunk']:.2f}, target {self.model_cfg.chunking.target_ratio:g})")
+        return rec
+
+    def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(self._step["flops"])
+
+    def n_patches(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(self._step["chunks"])
+
+
+__all__ = ["HNetTask"]
