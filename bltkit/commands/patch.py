@@ -3,6 +3,7 @@
     bltkit patch --entropy-model runs/entropy "The quick brown fox"        # calibrated threshold
     bltkit patch --scheme static --patch-size 4 "The quick brown fox"
     bltkit patch --model runs/blt --json "Hello"                           # a bundle's patcher
+    bltkit patch --model runs/hnet "The quick brown fox"                   # an H-Net's learned chunks
     echo text | bltkit patch --scheme space -
 
 The text is patched as a document prefix: BOS + its bytes (no EOS), include_next_token=False.
@@ -57,6 +58,33 @@ def _settings(args):
     return cfg, cfg.entropy_model
 
 
+def _learned(args, data: bytes) -> int:
+    """An H-Net bundle: the chunks its router learned (docs/hnet.md), with each byte's boundary
+    probability p (a chunk opens where p > 0.5). BOS opens the first chunk and is left out."""
+    from ..inference.api import load
+
+    given = [f for f, v in (("--scheme", args.scheme), ("--entropy-model", args.entropy_model),
+                            ("--threshold", args.threshold), ("--threshold-add", args.threshold_add),
+                            ("--patch-size", args.patch_size), ("--max-patch-length", args.max_patch_length),
+                            ("--png", args.png)) if v is not None]
+    if given:
+        raise ValueError(f"{args.model} is an H-Net bundle, whose chunks are learned; these options do not apply "
+                         f"to it: {', '.join(given)}")
+    res = load(args.model).patch(data)
+    lengths = [n - 1 if k == 0 else n for k, n in enumerate(res.lengths)]  # BOS left out of the first chunk
+    probs = res.boundary_probs[1:]
+    if lengths and lengths[0] == 0:
+        lengths = lengths[1:]
+    if args.json:
+        print(json.dumps({"bytes": len(data), "patch_lengths": lengths, "entropies": None,
+                          "boundary_probs": [round(float(v), 4) for v in probs]}))
+        return 0
+    from ..patching.view import learned_view
+
+    print(learned_view(data, lengths, probs))
+    return 0
+
+
 def run(args) -> int:
     import torch
 
@@ -68,6 +96,11 @@ def run(args) -> int:
     # Bytes are bytes: standard input is read undecoded, and an argument gets back the bytes the
     # shell passed (Python decodes argv with surrogateescape; os.fsencode undoes exactly that).
     data = sys.stdin.buffer.read() if args.text == "-" else os.fsencode(args.text)
+    if args.model:
+        from ..bundle import read_bundle
+
+        if read_bundle(args.model).kind == "hnet":
+            return _learned(args, data)
     cfg, em_dir = _settings(args)
     scorer = None
     if em_dir is not None:

@@ -57,9 +57,10 @@ class Score:
 
 @dataclass
 class Patches:
-    pieces: list[bytes]  # the patches' bytes; the first is the BOS patch (b"")
+    pieces: list[bytes]  # the patches' bytes; a BLT's first is the BOS patch (b""), an H-Net's opens at BOS
     lengths: list[int]
     entropies: Optional[list[float]]  # H after each id (BOS first), nats; None without an entropy model
+    boundary_probs: Optional[list[float]] = None  # an H-Net's p of each id (BOS first): a chunk opens where p > 0.5
 
 
 def load(path: str | os.PathLike, device=None, dtype=None, max_context: int = DEFAULT_MAX_CONTEXT) -> "Handle":
@@ -203,7 +204,10 @@ class Handle:
 
     @torch.no_grad()
     def patch(self, text: Prompt) -> Patches:
-        """How the patcher splits BOS + ``text`` (lengths sum to 1 + bytes), with entropies."""
+        """How the patcher splits BOS + ``text`` (lengths sum to 1 + bytes), with entropies; for
+        an H-Net, the chunks its router chose (docs/hnet.md), with each byte's probability."""
+        if self.kind == "hnet":
+            return self._chunks(text)
         if self.kind != "blt":
             raise ValueError(f"a {self.kind!r} bundle has no patcher")
         data = to_bytes(text)
@@ -216,6 +220,18 @@ class Handle:
             at += n
         ents = res.scores[0].tolist() if res.scores is not None else None
         return Patches(pieces, lengths, ents)
+
+    def _chunks(self, text: Prompt) -> Patches:
+        data = to_bytes(text)
+        ids = encode(data, bos=True, eos=False)
+        if len(ids) > self.max_context:
+            raise ValueError(f"text of {len(data)} bytes is over max_context {self.max_context}")
+        x = torch.tensor([ids], dtype=torch.int64, device=self.device)  # (1, N)
+        routing = self.model(x, return_routing=True).routing
+        starts = routing.boundary[0].nonzero()[:, 0].tolist() + [len(ids)]  # position 0 always opens one
+        lengths = [b - a for a, b in zip(starts, starts[1:])]
+        pieces = [bytes(v - 4 for v in ids[a:b] if v >= 4) for a, b in zip(starts, starts[1:])]
+        return Patches(pieces, lengths, None, routing.prob[0].tolist())
 
     def _patcher(self):
         from ..patching.patcher import Patcher

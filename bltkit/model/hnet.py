@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .. import config as cfgio
+from .. import config as cfgio, weights
 from ..data.vocab import EOS_ID, check_ids
 from ..nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
-from ..nn.chunking import ResidualProjection, Routing, RoutingModule, combine, downsample, ema_scan, upsample
+from ..nn.chunking import ResidualProjection, Routing, RoutingModule, combine, downsample, ema_scan, upcast, upsample
 from ..nn.masks import document_ids, local_causal_block_mask, local_causal_mask, local_self_mask
-from .blt import CONFIG_FILE, WEIGHTS_FILE, load_weights_into, save_config_and_weights
 from .hnet_cache import HNetCache
 from .hnet_config import HNetConfig, hnet_config_from_dict
 
@@ -148,7 +146,7 @@ class HNet(nn.Module):
         mask_d = mask_e if cfg.decoder.window == cfg.encoder.window else local_self_mask(
             doc, cfg.decoder.window, cfg.doc_reset, impl, cfg.local_attention)
         h = self.decoder(y.to(x.dtype), rope, mask_d)
-        logits = self.output(h).float()  # (B, N, V)
+        logits = upcast(self.output(h))  # (B, N, V) fp32 (fp64 in an fp64 model)
         return HNetOutput(logits, routing, starts) if return_routing else logits
 
     def _impl(self, ids: torch.Tensor, attn_impl: Optional[str]) -> str:
@@ -195,7 +193,7 @@ class HNet(nn.Module):
         zbar = ema_scan(z, chunks.select(routing.prob), reset, initial=cache.zbar)  # (B, T, D0) fp32
         y = combine(upsample(zbar, routing.boundary, initial=cache.zbar), routing.confidence, self.residual(x))
         h = self.decoder(y.to(x.dtype), rope, cache.dec.begin(pos, doc), cache.dec)
-        logits = self.output(h).float()  # (B, T, V)
+        logits = upcast(self.output(h))  # (B, T, V)
         cache.advance(valid, eos, x, zbar, chunks.counts)
         return HNetOutput(logits, routing, starts) if return_routing else logits
 
@@ -231,20 +229,15 @@ class HNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_config_and_weights(self, cfgio.to_dict(self.config), directory)
+        """Write ``config.yaml`` and ``model.safetensors`` (each atomically, ``bltkit.weights``)."""
+        weights.save_config_and_weights(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
                         dtype: Optional[torch.dtype] = None) -> "HNet":
-        d = Path(directory)
-        for f in (d / CONFIG_FILE, d / WEIGHTS_FILE):
-            if not f.is_file():
-                raise FileNotFoundError(f"H-Net model directory {d} has no {f.name}")
-        cfg = hnet_config_from_dict(cfgio.read_yaml(d / CONFIG_FILE), source=str(d / CONFIG_FILE))
-        with torch.device("meta"):
-            model = cls(cfg)
-        load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
-        return model
+        """Load a directory written by ``save_pretrained`` (``bltkit.weights.load_pretrained``)."""
+        return weights.load_pretrained(directory, hnet_config_from_dict, cls, device=device, dtype=dtype,
+                                       what="H-Net model")
 
 
 __all__ = ["HNet", "HNetOutput", "HNetStack", "forced_starts"]

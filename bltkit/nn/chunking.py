@@ -40,6 +40,11 @@ THRESHOLD = 0.5  # a boundary is p > THRESHOLD (strict)
 EMA_CLAMP = 1e-4  # P_j in [EMA_CLAMP, 1 - EMA_CLAMP]
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 at least (an fp64 tensor stays fp64, for gradient checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @contextmanager
 def full_precision(x: torch.Tensor) -> Iterator[None]:
     """No autocast around the block (on ``x``'s device type): its matmuls run in fp32."""
@@ -51,8 +56,8 @@ def full_precision(x: torch.Tensor) -> Iterator[None]:
 def cosine_boundary_prob(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``clamp((1 - cos(q, k)) / 2, 0, 1)`` over the last axis: q of the earlier position, k of
     the later one, both (..., D); fp32 (...)."""
-    qn = F.normalize(q.float(), dim=-1, eps=1e-12)
-    kn = F.normalize(k.float(), dim=-1, eps=1e-12)
+    qn = F.normalize(upcast(q), dim=-1, eps=1e-12)
+    kn = F.normalize(upcast(k), dim=-1, eps=1e-12)
     return ((1.0 - (qn * kn).sum(-1)) / 2.0).clamp(0.0, 1.0)
 
 
@@ -106,9 +111,9 @@ class RoutingModule(nn.Module):
         """
         b, n, _ = h.shape
         with full_precision(h):
-            hf = h.float()
-            wq, wk = self.q_proj.weight.float(), self.k_proj.weight.float()
-            before = hf[:, :-1] if prev is None else torch.cat([prev.float()[:, None], hf[:, :-1]], dim=1)
+            hf = upcast(h)
+            wq, wk = self.q_proj.weight.to(hf.dtype), self.k_proj.weight.to(hf.dtype)
+            before = hf[:, :-1] if prev is None else torch.cat([prev.to(hf.dtype)[:, None], hf[:, :-1]], dim=1)
             q = F.linear(before, wq)  # (B, L-1 | L, D): the earlier state of each pair
             k = F.linear(hf if prev is not None else hf[:, 1:], wk)
             p = cosine_boundary_prob(q, k)  # (B, L-1 | L)
@@ -177,13 +182,14 @@ def ema_scan(z: torch.Tensor, p: torch.Tensor, reset: Optional[torch.Tensor] = N
     each product formed directly (no logarithms), so values match the sequential recurrence to
     fp32 rounding.
     """
-    P = p.float().clamp(EMA_CLAMP, 1.0 - EMA_CLAMP)  # (B, M)
+    dt = torch.promote_types(torch.promote_types(z.dtype, p.dtype), torch.float32)
+    P = p.to(dt).clamp(EMA_CLAMP, 1.0 - EMA_CLAMP)  # (B, M)
     a = 1.0 - P
     if reset is not None:
         a = torch.where(reset, torch.zeros((), dtype=a.dtype, device=a.device), a)
-    x = z.float() * P[..., None]  # (B, M, D)
+    x = z.to(dt) * P[..., None]  # (B, M, D)
     if initial is not None:
-        x = torch.cat([x[:, :1] + a[:, :1, None] * initial.float()[:, None], x[:, 1:]], dim=1)
+        x = torch.cat([x[:, :1] + a[:, :1, None] * initial.to(dt)[:, None], x[:, 1:]], dim=1)
     m = x.shape[1]
     s = 1
     while s < m:
@@ -242,12 +248,13 @@ class ResidualProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x):
-            return F.linear(x.float(), self.proj.weight.float(), self.proj.bias.float())  # (..., D) fp32
+            xf = upcast(x)
+            return F.linear(xf, self.proj.weight.to(xf.dtype), self.proj.bias.to(xf.dtype))  # (..., D) fp32
 
 
 def combine(z_up: torch.Tensor, conf: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """The decoder's input ``z̃ * STE(c) + r`` in fp32: z_up (B, L, D), conf (B, L), residual (B, L, D)."""
-    return z_up.float() * ste_one(conf.float())[..., None] + residual.float()
+    return upcast(z_up) * ste_one(upcast(conf))[..., None] + upcast(residual)
 
 
 # ---- the ratio loss ----------------------------------------------------------------------------
@@ -257,11 +264,12 @@ def ratio_loss(b: torch.Tensor, p: torch.Tensor, target: float, valid: Optional[
     (> 1). Its minimum 1 is at F = G = 1/N; it can be below 1 when F != G, so watch F."""
     if not target > 1:
         raise ValueError(f"the ratio loss needs a target compression N > 1, got {target}")
-    bf, pf = b.float(), p.float()
+    pf = upcast(p)
+    bf = b.to(pf.dtype)
     if valid is None:
         f, g = bf.mean(), pf.mean()
     else:
-        w = valid.float()
+        w = valid.to(pf.dtype)
         n = w.sum().clamp(min=1.0)
         f, g = (bf * w).sum() / n, (pf * w).sum() / n
     n_ = float(target)
@@ -270,6 +278,6 @@ def ratio_loss(b: torch.Tensor, p: torch.Tensor, target: float, valid: Optional[
 
 __all__ = [
     "THRESHOLD", "EMA_CLAMP", "Routing", "RoutingModule", "Chunks", "ResidualProjection", "chunk_index",
-    "combine", "confidence", "cosine_boundary_prob", "downsample", "ema_reference", "ema_scan", "full_precision",
+    "combine", "confidence", "cosine_boundary_prob", "downsample", "ema_reference", "ema_scan", "full_precision", "upcast",
     "is_boundary", "ratio_loss", "ste_one", "upsample",
 ]

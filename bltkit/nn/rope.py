@@ -19,7 +19,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate ``x`` of shape (B, H, T, hd) by angles of shape (T, hd/2) or (B, T, hd/2); fp32 math."""
     if cos.dim() == 3:  # per-row positions (B, T, hd/2) -> broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
     a, b = xf[..., 0], xf[..., 1]
     out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)

@@ -1,7 +1,7 @@
 """Text split into patches, as a person reads it: the rule, the patches between bars, and each
 patch's bytes with the entropy of each byte's prediction (docs/patching.md).
 
-``bltkit patch`` prints it and ``bltkit demo`` shows it; both pass the text's own bytes (BOS's
+``bltkit patch`` prints it (``learned_view`` for an H-Net's learned chunks) and ``bltkit demo`` shows it; both pass the text's own bytes (BOS's
 1-byte patch left out, so the lengths sum to the number of bytes) and the entropy of byte k's
 prediction (from BOS and bytes < k) for every byte k.
 """
@@ -59,4 +59,23 @@ def text_view(data: bytes, lengths: Sequence[int], entropies: Optional[Sequence[
     return "\n".join(out)
 
 
-__all__ = ["text_view", "describe_rule", "shown", "split"]
+def learned_view(data: bytes, lengths: Sequence[int], probs: Sequence[float]) -> str:
+    """The view of ``data`` split into the chunks an H-Net's router chose (docs/hnet.md), with
+    each byte's boundary probability p (a chunk opens where p > 0.5)."""
+    n = len(data)
+    pieces = split(data, lengths)
+    if len(probs) != n:
+        raise ValueError(f"{len(probs)} boundary probabilities for a text of {n} bytes")
+    mean = n / len(lengths) if lengths else 0.0
+    out = [f"learned (H-Net router): {n} bytes in {len(lengths)} chunks, mean {mean:.2f} bytes a chunk",
+           "|" + "|".join(shown(p) for p in pieces) + "|",
+           f"{'chunk':>5} {'bytes':>5}  text / boundary probability p of each byte"]
+    start = 0
+    for k, (length, p) in enumerate(zip(lengths, pieces)):
+        seg = [float(v) for v in probs[start:start + length]]
+        out.append(f"{k:>5} {length:>5}  {shown(p)!s:<16} " + " ".join(f"{v:.2f}" for v in seg))
+        start += length
+    return "\n".join(out)
+
+
+__all__ = ["text_view", "learned_view", "describe_rule", "shown", "split"]
