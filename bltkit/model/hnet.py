@@ -37,7 +37,7 @@ from .. import config as cfgio, weights
 from ..data.vocab import EOS_ID, check_ids
 from ..nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
 from ..nn.chunking import ResidualProjection, Routing, RoutingModule, combine, downsample, ema_scan, upcast, upsample
-from ..nn.masks import document_ids, local_causal_block_mask, local_causal_mask, local_self_mask
+from ..nn.masks import document_ids, local_causal_mask, local_self_mask
 from .hnet_cache import HNetCache
 from .hnet_config import HNetConfig, hnet_config_from_dict
 
@@ -134,10 +134,9 @@ class HNet(nn.Module):
         chunks = downsample(x, routing.boundary, max_chunks=max(m, 1))
         cdoc = chunks.select(doc)  # (B, M): a chunk is in its first byte's document
         mpos = torch.arange(chunks.start.shape[1], device=ids.device)
-        if impl == "flex":
-            mask_m = local_causal_block_mask(cdoc, None, cfg.doc_reset)
-        else:
-            mask_m = local_causal_mask(cdoc, cdoc, mpos, mpos, None, cfg.doc_reset)  # (B, 1, M, M)
+        # A dense chunk mask through SDPA on every device: M changes from batch to batch, and
+        # each new length would recompile the FlexAttention kernel.
+        mask_m = local_causal_mask(cdoc, cdoc, mpos, mpos, None, cfg.doc_reset)  # (B, 1, M, M)
         rope_m = rope_angles(mpos, cfg.main.head_dim, cfg.main.rope_theta)
         z = self.main(self._widen(chunks.states), rope_m, mask_m)[..., :cfg.encoder.dim]  # (B, M, D0)
         reset = chunks.select(starts) if cfg.doc_reset else None
