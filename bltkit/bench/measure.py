@@ -5,6 +5,9 @@ warm-up, peak memory, model-FLOPs utilisation, a timed optimiser step and timed 
 - Peak memory: ``max_memory_allocated`` since the last reset on CUDA; a CPU has no resettable
   allocator peak, so the process's maximum resident set size is reported and labelled so
   (``peak_mem_kind``).
+- Profiles (``bltkit bench --profile DIR``): ``torch.profiler`` over a few warm calls, the top
+  operators and kernels by device time on CUDA (self CPU time elsewhere) written as a table and
+  as JSON.
 - MFU = achieved FLOP/s / the GPU's dense bf16 peak (datasheet, no sparsity). Only GPUs named in
   ``PEAK_BF16_DENSE`` get one; anything else (CPU included) reports ``None`` rather than a guess.
 """
@@ -84,9 +87,10 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.AdamW:
 
 def time_train_steps(model: nn.Module, loss_fn: Callable[[], torch.Tensor], flops: int, flops_source: str,
                      n_bytes: int, device: torch.device, amp: Optional[torch.dtype], steps: int, warmup: int,
-                     peak: Optional[float], desc: str) -> dict:
+                     peak: Optional[float], desc: str, profile_dir: Optional[str] = None) -> dict:
     """Forward (``loss_fn`` under autocast) + backward + AdamW, timed; the training figure's record
-    (``flops``: one step's, from ``flops_source``)."""
+    (``flops``: one step's, from ``flops_source``). With ``profile_dir``, two more steps are
+    profiled into ``profile-train-step.{txt,json}`` there (outside the timing)."""
     opt = make_optimizer(model, device)
     model.train()
 
@@ -101,6 +105,8 @@ def time_train_steps(model: nn.Module, loss_fn: Callable[[], torch.Tensor], flop
     dt = time_steps(step, steps, warmup, device, desc=desc)
     mem, mem_kind = peak_memory(device)
     loss = float(step().detach())  # one more step, outside the timing: the loss is a host sync
+    if profile_dir:
+        profile_calls(step, device, 2, profile_dir, "train-step")
     return dict(
         step_ms=dt * 1e3, bytes_per_s=n_bytes / dt, tflop_per_step=flops / 1e12,
         achieved_tflops=flops / dt / 1e12, mfu=mfu(flops, dt, peak) if amp == torch.bfloat16 else None,
@@ -135,3 +141,36 @@ def time_generation(run: Callable[[int, Callable[[int], None]], torch.Tensor], p
     got = int(out.shape[1]) - prompt_len
     return dict(batch=batch, new_bytes=got, s=dt, bytes_per_s=batch * got / dt,
                 ttfb_s=first.get("ttfb"), peak_mem_gib=mem, peak_mem_kind=kind)
+
+
+def profile_calls(fn: Callable[[], object], device: torch.device, calls: int, directory: str, name: str,
+                  rows: int = 25) -> dict:
+    """Profile ``calls`` warm calls of ``fn`` and write ``DIR/profile-NAME.txt`` (the profiler's
+    table) and ``DIR/profile-NAME.json`` (the top ``rows`` entries). Sorted by self device time on
+    CUDA, where kernels are the cost, else by self CPU time. Returns the JSON record."""
+    import json
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: compilation, allocator and autotuning stay out of the profile
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+    averages = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    top = sorted(averages, key=lambda e: getattr(e, attr, 0) or 0, reverse=True)[:rows]
+    total = sum(getattr(e, attr, 0) or 0 for e in averages)
+    rec = dict(name=name, device=str(device), calls=calls, sort=attr, total_self_us=total,
+               top=[dict(op=e.key, count=e.count, self_us=getattr(e, attr, 0) or 0,
+                         share=(getattr(e, attr, 0) or 0) / total if total else None) for e in top])
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"profile-{name}.txt"), "w") as f:
+        f.write(f"# {name}: {calls} calls on {device}, sorted by {attr}\n")
+        f.write(averages.table(sort_by=attr, row_limit=rows))
+    with open(os.path.join(directory, f"profile-{name}.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    return rec

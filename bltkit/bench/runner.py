@@ -47,6 +47,7 @@ class BenchSettings:
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     attn_impl: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA (the fast path), sdpa elsewhere
     compile: bool = False  # per-block torch.compile (opt-in)
+    compile_backend: str = "inductor"  # torch.compile backend of the compiled decode step
     # Pad patch columns to a multiple of this (0: off). None: 64 where something is compiled (the
     # CUDA path's flex_attention, or --compile), where a new patch count would recompile; 0
     # elsewhere, where padded columns are only extra global-model work.
@@ -59,6 +60,9 @@ class BenchSettings:
     hf: bool = True  # also measure Hugging Face's BLT when transformers is importable
     hf_generate_bytes: Optional[int] = None  # new bytes for HF generate (time box); default gen_new_bytes
     seed: int = 0
+    # Write torch.profiler summaries (top ops / kernels) of one train step and of one-byte decode
+    # steps at batch 1 here (profile-*.txt / .json), beside the figures.
+    profile_dir: Optional[str] = None
 
     def validate(self) -> None:
         bad = [f for f in self.only if f not in FIGURES]
@@ -141,7 +145,8 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
         compiled = compile_blocks(model) if s.compile else 0
         compiled_attention = model.resolve_attn_impl(device) == "flex" and flex_compiles(device)
         mine = bltkit_train_figure(model, cfg, ids, bpl, device=device, amp=amp, steps=s.steps, warmup=s.warmup,
-                                   bucket=s.bucket_for(compiled_attention), peak=peak)
+                                   bucket=s.bucket_for(compiled_attention), peak=peak,
+                                   profile_dir=s.profile_dir)
         mine["compiled_blocks"] = compiled
         del model
         _free(device)
@@ -208,7 +213,9 @@ def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer,
                                           device=device, amp=amp)
         paths = ("eager", "compiled", "speculative") if s.compile else ("eager", "speculative")
         cached = _guard(lambda: cached_generation_figure(model, entropy_model, s.threshold, batch,
-                                                         s.gen_prompt_bytes, s.gen_new_bytes, device, paths))
+                                                         s.gen_prompt_bytes, s.gen_new_bytes, device, paths,
+                                                         compile_backend=s.compile_backend,
+                                                         profile_dir=s.profile_dir if batch == 1 else None))
         if "error" not in cached:
             mine[key] = dict(cached, uncached=uncached)
             mine["cached_over_uncached"][key] = _ratio(cached, uncached)

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     a("--attn-impl", default="auto", choices=["auto", "sdpa", "flex"], help="auto: flex on CUDA, sdpa elsewhere")
     a("--compile", action="store_true", help="torch.compile each block of the train step, and time the compiled generation step too (opt-in)")
+    a("--compile-backend", default="inductor",
+      help="torch.compile backend of the compiled decode step (default inductor; 'eager' checks graph capture quickly)")
     a("--bucket", type=int, default=None,
       help="pad patch columns to a multiple of this (0: off; default 64 when compiled: CUDA flex or --compile; else 0)")
     a("--entropy-config", default="small", help="entropy model config for patching/generation (default small)")
@@ -46,14 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--hf-generate-bytes", type=int, default=None, help="new bytes for HF generate (time box; default --new-bytes)")
     a("--no-hf", dest="hf", action="store_false", help="skip Hugging Face's BLT")
     a("--seed", type=int, default=0)
+    a("--profile", dest="profile_dir", default=None, metavar="DIR",
+      help="also write torch.profiler top-op/kernel summaries of a train step and of batch-1 decode steps into DIR")
 
 
 def run(args) -> int:
     from ..bench.runner import BenchSettings, format_table, json_line, run_benchmarks
 
     keys = [f for f in ("config", "rows", "n_bytes", "steps", "warmup", "only", "device", "dtype", "attn_impl",
-                        "compile", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",
-                        "gen_batch", "hf", "hf_generate_bytes", "seed")]
+                        "compile", "compile_backend", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",
+                        "gen_batch", "hf", "hf_generate_bytes", "seed", "profile_dir")]
     settings = from_dict(BenchSettings, {k: getattr(args, k) for k in keys}, source="command line")
 
     def emit(rec: dict) -> None:
