@@ -51,6 +51,9 @@ def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # Optional[X]: X's own error names the key that does not fit
+            return _convert(value, arms[0], path, source)
         errors = []
         for a in args:
             if a is type(None):
@@ -136,8 +139,9 @@ def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix
             validate()
         except ConfigError:
             raise
-        except ValueError as e:
-            raise ConfigError(f"{cls.__name__}{' in ' + source if source else ''}: {e}", key=prefix or None) from None
+        except ValueError as e:  # a nested section's check names its key: 'variants[0].patcher' in FILE
+            where = _where(prefix, source) if prefix else f"{cls.__name__}{' in ' + source if source else ''}"
+            raise ConfigError(f"{where}: {e}", key=prefix or None) from None
     return obj
 
 

@@ -46,10 +46,48 @@ def test_cli_unknown_variant_exits_2(tmp_path, capsys):
     ({"name": "x", "kind": "bytelm", "patcher": {"scheme": "space"}}, "not patcher"),
     ({"name": "x", "kind": "bytelm", "set": ["data.seq_len=8"]}, "'data.seq_len=8' is not allowed"),
     ({"name": "x", "kind": "bytelm", "colour": 1}, "unknown key 'variants.*colour' in test.yaml"),
+    ({"name": "x", "kind": "blt", "patcher": {}}, "needs patcher: {scheme"),
+    ({"name": "x", "kind": "blt", "patcher": {"scheme": "space", "colour": 1}},
+     r"unknown key 'variants\[0\].patcher.colour' in test.yaml; PatcherConfig accepts: "),
+    ({"name": "x", "kind": "blt", "patcher": {"scheme": "bpe"}}, r"'variants\[0\].patcher.scheme' in test.yaml: 'bpe' is not one of"),
+    ({"name": "x", "kind": "blt", "patcher": {"scheme": "static", "threshold": 1.0}},
+     r"'variants\[0\].patcher' in test.yaml: scheme 'static' takes no threshold \(got 1.0\)"),
+    ({"name": "x", "kind": "blt", "patcher": {"scheme": "space"}, "patch_phase_patcher": {"scheme": "static", "patch_size": 0}},
+     r"'variants\[0\].patch_phase_patcher' in test.yaml: patch_size must be >= 1, got 0"),
 ])
 def test_bad_variant(variant, message):
     with pytest.raises(ValueError, match=message):
         cfg_of(variants=[variant])
+
+
+def test_variant_patchers_are_typed_and_resolved_as_every_entry_point_resolves_them(tmp_path):
+    """A variant's patcher is a PatcherConfig; resolving it puts the shared entropy model and its
+    calibrated threshold under the variant's own settings (resolve_patcher's layers)."""
+    from bltkit.compare.entropy import EntropyPatching
+    from bltkit.patching.config import save_patcher_settings
+    from entropy_model.model import EntropyModel, load_entropy_config
+
+    cfg = cfg_of(variants=[{"name": "s", "kind": "blt", "patcher": {"scheme": "static", "patch_size": 6}},
+                           {"name": "e", "kind": "blt", "patcher": {"scheme": "entropy", "max_patch_length": 9}}])
+    assert cfg.variants[0].patcher == PatcherConfig(scheme="static", patch_size=6)
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    for d in (shared, own):
+        EntropyModel(load_entropy_config("tiny", ["dim=32", "n_heads=2"])).save_pretrained(d)
+    save_patcher_settings(own, PatcherConfig(scheme="entropy", threshold=3.25))
+    ent = EntropyPatching(cfg, tmp_path, "test.yaml", tmp_path)
+    ent.model_dir, ent.threshold = shared, 2.5  # as if trained and calibrated here
+
+    static = ent.resolve(cfg.variants[0].patcher)
+    assert (static.scheme, static.patch_size, static.entropy_model) == ("static", 6, None)
+    got = ent.resolve(cfg.variants[1].patcher)
+    assert (got.threshold, got.max_patch_length, got.entropy_model) == (2.5, 9, str(shared))
+    assert ent.resolve(PatcherConfig(scheme="entropy", threshold=1.0)).threshold == 1.0  # the variant's own wins
+    mine = ent.resolve(PatcherConfig(scheme="entropy", entropy_model="own"))  # beside the config; its patcher.yaml
+    assert (mine.threshold, mine.entropy_model) == (3.25, str(own))
+    mono = ent.resolve(PatcherConfig(scheme="monotonic", threshold=0.5))  # a relative θ is never the calibrated global one
+    assert (mono.threshold, mono.entropy_model) == (0.5, str(shared))
+    with pytest.raises(ValueError, match="test.yaml: variant 'm' patcher: scheme 'monotonic' needs a threshold"):
+        ent.resolve(PatcherConfig(scheme="monotonic"), "variant 'm' patcher")
 
 
 def test_bad_config_level():
@@ -141,3 +179,14 @@ def test_existing_variant_dir_is_refused(tmp_path):
     (tmp_path / "bytes" / "x").write_text("x")
     with pytest.raises(ValueError, match="bytes already exists"):
         run_compare(cfg_of(), tmp_path, only=["bytes"])
+
+
+def test_every_shipped_comparison_loads_with_typed_patchers():
+    paths = sorted((cfgio.CONFIG_ROOT / "experiments").glob("*.yaml"))
+    assert [p.stem for p in paths] == ["compare-gpu", "compare-tiny"]
+    for p in paths:
+        cfg, _ = load_compare_config(p.stem)
+        blt = [v for v in cfg.variants if v.kind == "blt"]
+        assert {v.patcher.scheme for v in blt} == {"entropy", "static", "space"}, p
+        assert all(isinstance(v.patcher, PatcherConfig) for v in blt)
+        assert all(v.patcher is None and v.patch_phase_patcher is None for v in cfg.variants if v.kind == "bytelm")

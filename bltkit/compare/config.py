@@ -15,6 +15,12 @@ rows; a variant's ``set`` overrides (``key=value``, as ``bltkit train --set``) m
 optimiser, schedule and batch size but not the data. BLT variants may also run the two-phase
 schedule (docs/fixed-k.md, "With BLT"): ``patch_fraction`` λ of the bytes with
 ``patch_phase_patcher`` (default static ``patch_size``-byte patches), then ``patcher``.
+
+A variant's ``patcher`` and ``patch_phase_patcher`` are ``PatcherConfig``s (docs/patching.md), as a
+run config's ``patcher:`` is: an unknown key or a bad value is refused when the config is read,
+naming the variant's key and the file. They are resolved as every entry point resolves patcher
+settings (``resolve_patcher``, in ``EntropyPatching.resolve``), the comparison's shared entropy model
+and calibrated threshold under the variant's own settings.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .. import config as cfgio
+from ..patching.config import PatcherConfig
 from ..patchtrain.schedule import Budget, PhaseSettings, check_k_lambda
 
 # data keys a variant may override (the rest would change the held-out text or the row layout)
@@ -36,10 +43,10 @@ class VariantConfig:
     kind: Literal["blt", "bytelm"] = "blt"
     model: str = "tiny"  # a shipped config of the kind (configs/model/ or configs/bytelm/) or a path
     model_overrides: list[str] = field(default_factory=list)
-    patcher: dict[str, Any] = field(default_factory=dict)  # blt: static / space / entropy
+    patcher: Optional[PatcherConfig] = None  # blt: static / space / entropy / monotonic / byte
     patch_size: int = 1  # K of the patch phase (bytelm; blt two-phase: the static patch size)
     patch_fraction: float = 0.0  # λ: share of the training bytes in the patch phase
-    patch_phase_patcher: dict[str, Any] = field(default_factory=dict)  # blt two-phase: phase-1 patcher
+    patch_phase_patcher: Optional[PatcherConfig] = None  # blt two-phase: phase-1 patcher (static K when unset)
     patch_phase: PhaseSettings = field(default_factory=PhaseSettings)
     byte_phase: PhaseSettings = field(default_factory=PhaseSettings)
     init_global_from: Optional[str] = None  # blt: a bytelm variant's name whose backbone starts the global model
@@ -49,9 +56,10 @@ class VariantConfig:
         if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
             raise ValueError(f"variant name {self.name!r} must be a non-empty directory name without spaces or slashes")
         check_k_lambda(self.patch_size, self.patch_fraction)
-        if self.kind == "blt" and not self.patcher:
+        if self.kind == "blt" and (self.patcher is None or self.patcher.scheme is None):
             raise ValueError(f"variant {self.name!r}: a blt variant needs patcher: {{scheme: static|space|entropy, ...}}")
-        if self.kind == "bytelm" and (self.patcher or self.patch_phase_patcher or self.init_global_from):
+        if self.kind == "bytelm" and (self.patcher is not None or self.patch_phase_patcher is not None
+                                      or self.init_global_from):
             raise ValueError(f"variant {self.name!r}: a bytelm variant takes patch_size / patch_fraction, "
                              f"not patcher / patch_phase_patcher / init_global_from")
         for item in self.set:

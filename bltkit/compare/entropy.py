@@ -1,18 +1,21 @@
 """The entropy model behind the entropy-patched variants: one model, trained (or given) once per
 comparison, its threshold calibrated to a target mean patch length (BLT paper §2.3;
-docs/reference-semantics.md §3, §4.4), then shared by every variant whose ``patcher.scheme`` is ``entropy``.
+docs/reference-semantics.md §3, §4.4), then shared by every variant whose patcher needs entropies
+and names no entropy model of its own.
 
 Training goes through the one loop (kind ``entropy``, ``bltkit train-entropy``); calibration and
 patching through the patching package (``entropy_model.calibrate``, ``bltkit.patching.resolve_patcher``).
-Variant patcher settings are filled in, never overridden: a variant that gives its own
-``threshold`` or ``entropy_model`` keeps it.
+Variant patcher settings are resolved by ``resolve_patcher`` with the calibrated threshold as the
+layer under them: filled in, never overridden, so a variant that gives its own ``threshold`` or
+``entropy_model`` keeps it.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+from ..patching.config import PatcherConfig, entropy_model_dir, merge, resolve_patcher
 from ..training.config import train_config_from_dict
 
 ENTROPY_DIR = "_entropy_model"
@@ -26,16 +29,17 @@ class EntropyPatching:
         self.calibrated_mean: Optional[float] = None
         self.train_flops: int = 0
 
-    def resolve(self, patcher: dict[str, Any]) -> dict[str, Any]:
-        """``patcher`` with the shared entropy model and calibrated threshold filled in."""
-        if patcher.get("scheme") != "entropy":
-            return dict(patcher)
-        out = dict(patcher)
-        if "entropy_model" not in out or "threshold" not in out:
-            self._prepare()
-            out.setdefault("entropy_model", str(self.model_dir))
-            out.setdefault("threshold", self.threshold)
-        return out
+    def resolve(self, patcher: PatcherConfig, what: str = "a variant's patcher") -> PatcherConfig:
+        """``patcher`` resolved (``resolve_patcher``, relative paths beside the config). One whose
+        scheme needs entropies and that names no entropy model gets the shared one, and with the
+        global scheme its calibrated threshold under ``patcher``'s own settings."""
+        source = f"{self.source}: {what}"
+        if not patcher.needs_scores or patcher.entropy_model is not None:
+            return resolve_patcher(patcher, base_dir=self.config_dir, source=source)
+        self._prepare()
+        if (patcher.scheme or "entropy") == "entropy":  # the calibrated θ is a global one
+            patcher = merge(PatcherConfig(scheme="entropy", threshold=self.threshold), patcher)
+        return resolve_patcher(patcher, entropy_model=self.model_dir, base_dir=self.config_dir, source=source)
 
     def summary(self) -> Optional[dict]:
         if self.model_dir is None:
@@ -55,12 +59,7 @@ class EntropyPatching:
             return
         setup = self.setup
         if setup.model is not None:
-            d = Path(setup.model)
-            if not d.is_absolute() and not d.exists() and self.config_dir is not None:
-                d = self.config_dir / d
-            if not d.is_dir():
-                raise FileNotFoundError(f"entropy.model directory not found: {d}")
-            self.model_dir = d / "model" if (d / "model" / "config.yaml").is_file() else d
+            self.model_dir = entropy_model_dir(setup.model, self.config_dir)
         else:
             self.model_dir = self._train()
         self.threshold, self.calibrated_mean = calibrate(self.model_dir, self._calibration_docs(),

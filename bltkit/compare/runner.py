@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import config as cfgio
+from ..patching.config import PatcherConfig
 from ..patchtrain.schedule import Phase, PatchTrainConfig, PhasedResult, patch_train_phases, plan, run_phases
 from ..training.config import TrainConfig, train_config_from_dict
 from .config import CompareConfig, VariantConfig
@@ -42,12 +43,13 @@ class VariantResult:
     curve: list[dict] = field(default_factory=list)
 
 
-def variant_train_config(cfg: CompareConfig, v: VariantConfig, source: str, patcher: Optional[dict] = None) -> TrainConfig:
+def variant_train_config(cfg: CompareConfig, v: VariantConfig, source: str,
+                         patcher: Optional[PatcherConfig] = None) -> TrainConfig:
     """The shared ``base`` with the variant's kind, model, patcher and ``set`` overrides."""
     data: dict[str, Any] = copy.deepcopy(cfg.base)
     data.update(kind=v.kind, model=v.model, model_overrides=list(v.model_overrides))
     if v.kind == "blt":
-        data["patcher"] = dict(patcher if patcher is not None else v.patcher)
+        data["patcher"] = _set_values(patcher if patcher is not None else v.patcher)
     data.setdefault("checkpoint_every", 0)
     data.setdefault("log_every", 1)
     if v.set:
@@ -55,20 +57,22 @@ def variant_train_config(cfg: CompareConfig, v: VariantConfig, source: str, patc
     return train_config_from_dict(data, source=f"{source} (variant {v.name!r})")
 
 
-def variant_phases(cfg: CompareConfig, v: VariantConfig, source: str, resolve_patcher, out: Path) -> list[Phase]:
-    """The variant's phases before planning. ``resolve_patcher(dict) -> dict`` fills in entropy settings."""
+def variant_phases(cfg: CompareConfig, v: VariantConfig, source: str, patcher_for, out: Path) -> list[Phase]:
+    """The variant's phases before planning. ``patcher_for(PatcherConfig, what) -> PatcherConfig``
+    resolves a variant's patcher settings (``EntropyPatching.resolve``)."""
     if v.kind == "bytelm":
         pt = PatchTrainConfig(patch_size=v.patch_size, patch_fraction=v.patch_fraction,
                               patch_phase=v.patch_phase, byte_phase=v.byte_phase)
         return patch_train_phases(variant_train_config(cfg, v, source), pt)
-    final = variant_train_config(cfg, v, source, resolve_patcher(v.patcher))
+    final = variant_train_config(cfg, v, source, patcher_for(v.patcher, f"variant {v.name!r} patcher"))
     if v.init_global_from:
         final.task = dict(final.task, init_global_from=str((out / v.init_global_from).resolve()))
     phases = []
     lam = v.patch_fraction
     if lam > 0:  # BLT two-phase (the extension): static K-byte patches first, weights kept
-        first_patcher = v.patch_phase_patcher or {"scheme": "static", "patch_size": v.patch_size if v.patch_size > 1 else 4}
-        first = variant_train_config(cfg, v, source, resolve_patcher(first_patcher))
+        first_patcher = v.patch_phase_patcher or PatcherConfig(scheme="static",
+                                                               patch_size=v.patch_size if v.patch_size > 1 else 4)
+        first = variant_train_config(cfg, v, source, patcher_for(first_patcher, f"variant {v.name!r} patch_phase_patcher"))
         first.task = dict(final.task)
         if v.patch_phase.optim is not None:
             first.optim = copy.deepcopy(v.patch_phase.optim)
@@ -119,8 +123,8 @@ def _entropy_flops(res: PhasedResult) -> int:
 
 
 def run_variant(cfg: CompareConfig, v: VariantConfig, out: Path, source: str, config_dir: Optional[Path],
-                resolve_patcher) -> VariantResult:
-    phases = plan(variant_phases(cfg, v, source, resolve_patcher, out), cfg.budget, config_dir)
+                patcher_for) -> VariantResult:
+    phases = plan(variant_phases(cfg, v, source, patcher_for, out), cfg.budget, config_dir)
     for ph in phases:
         ph.config.eval_every = max(1, ph.config.steps // cfg.eval_points)
     res = run_phases(phases, out / v.name, config_dir)
@@ -133,8 +137,8 @@ def run_variant(cfg: CompareConfig, v: VariantConfig, out: Path, source: str, co
         dir=str(res.out_dir), phases=res.phases, curve=res.curve)
 
 
-def _set_values(patcher) -> dict:
-    return {k: v for k, v in cfgio.to_dict(patcher).items() if v is not None}
+def _set_values(patcher: Optional[PatcherConfig]) -> dict:
+    return {k: v for k, v in cfgio.to_dict(patcher).items() if v is not None} if patcher is not None else {}
 
 
 def run_compare(cfg: CompareConfig, out_dir: str | Path, source: str = "config", config_dir: Optional[Path] = None,

@@ -69,7 +69,7 @@ class DemoConfig:
     def entropy_variant(self) -> str:
         """Name of the BLT variant patched by the entropy model (the one the demo shows)."""
         for v in self.compare.variants:
-            if v.kind == "blt" and v.patcher.get("scheme") == "entropy":
+            if v.kind == "blt" and v.patcher is not None and v.patcher.scheme == "entropy":
                 return v.name
         raise ValueError("the demo needs a BLT variant with entropy patches "
                          "({kind: blt, patcher: {scheme: entropy}}) among compare.variants; it has "

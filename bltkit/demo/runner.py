@@ -87,9 +87,9 @@ def _variant_line(v) -> str:
             return (f"{v.name}: fixed-K patch training, K={v.patch_size} for {v.patch_fraction:.0%} of the bytes, "
                     f"then next-byte training")
         return f"{v.name}: byte-level baseline (every byte a position)"
-    scheme = v.patcher.get("scheme")
-    extra = f" of {v.patcher.get('patch_size', 4)} bytes" if scheme == "static" else ""
-    return f"{v.name}: BLT with {scheme} patches{extra}"
+    p = v.patcher.filled()
+    extra = f" of {p.patch_size} bytes" if p.scheme == "static" else ""
+    return f"{v.name}: BLT with {p.scheme} patches{extra}"
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optional[Path], device: str = "auto",
@@ -101,6 +101,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     from ..compare.report import results_table, write_report
     from ..compare.runner import run_variant
     from ..inference.api import load
+    from ..patching.config import PatcherConfig
     from ..runtime import resolve_device
     from . import report
     from .data import heldout_documents, utf8_prefix
@@ -131,7 +132,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     ent = EntropyPatching(cc, out, source, config_dir)
     target = cc.entropy.target_mean_patch_length if cc.entropy is not None else None
     stages.start("entropy_model", f"entropy model: train, then calibrate the threshold to a mean patch length of {target}")
-    ent.resolve({"scheme": "entropy"})
+    ent.resolve(PatcherConfig(scheme="entropy"))
     rec.entropy_model = ent.summary()
     say(f"threshold {ent.threshold:.4f} nats -> mean patch length {ent.calibrated_mean:.2f} bytes on training text")
 
