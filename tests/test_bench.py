@@ -79,6 +79,10 @@ def test_patch_and_generate_figures(cli_run):
     assert _positive(patch["bltkit"]["bytes_per_s"]) and _positive(patch["bltkit"]["ms"])
     assert patch["bltkit"]["mean_patch"] >= 1
     assert patch["bltkit"]["entropy_model_source"].startswith("entropy_model.EntropyModel (tiny")
+    # The dense-mask baseline: same weights and bytes, so the same patches, timed beside it.
+    dense = patch["bltkit"]["dense_mask"]
+    assert dense["mean_patch"] == patch["bltkit"]["mean_patch"] and _positive(dense["bytes_per_s"])
+    assert patch["bltkit"]["blocked_over_dense"] == pytest.approx(patch["bltkit"]["bytes_per_s"] / dense["bytes_per_s"])
     for key in ("batch1", "batch2"):
         g = gen["bltkit"][key]
         assert g["new_bytes"] == 2 and _positive(g["bytes_per_s"]) and _positive(g["ttfb_s"])

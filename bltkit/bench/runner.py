@@ -63,6 +63,9 @@ class BenchSettings:
     # Write torch.profiler summaries (top ops / kernels) of one train step and of one-byte decode
     # steps at batch 1 here (profile-*.txt / .json), beside the figures.
     profile_dir: Optional[str] = None
+    # Also time the patch figure with the entropy model's dense T x T local mask (the reference
+    # path, local_attention: dense) on the same weights and bytes, as the blocked path's baseline.
+    patch_dense: bool = True
 
     def validate(self) -> None:
         bad = [f for f in self.only if f not in FIGURES]
@@ -183,6 +186,15 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
             mine = bltkit_patch_figure(entropy_model, ids, s.threshold, device=device, amp=amp, steps=s.steps,
                                        warmup=s.warmup)
             mine["entropy_model_source"] = em_source
+            if s.patch_dense:  # the dense-mask path, same weights and bytes: what the window saves
+                dense_model, _ = load_bench_entropy_model(s.entropy_config, device, local_attention="dense")
+                dense_model.load_state_dict(entropy_model.state_dict())
+                dense = bltkit_patch_figure(dense_model, ids, s.threshold, device=device, amp=amp, steps=s.steps,
+                                            warmup=s.warmup)
+                mine["dense_mask"] = {k: dense[k] for k in ("ms", "bytes_per_s", "peak_mem_gib", "mean_patch")}
+                mine["blocked_over_dense"] = _ratio(mine, dense)
+                del dense_model
+                _free(device)
             hf = _guard(lambda: hf_patch_figure(hf_with_patcher(), ids, s.threshold, device=device, amp=amp,
                                                 steps=s.steps, warmup=s.warmup)) if use_hf else None
             done(dict(figure="patch", **base, rows=s.rows, bytes=s.n_bytes, threshold=s.threshold, bltkit=mine,
@@ -267,6 +279,8 @@ def _rows(record: dict) -> Iterable[tuple[str, str, dict, Optional[float]]]:
                 yield f"generate {key}", "HF", hf, None
         return
     yield fig, "bltkit", record["bltkit"], record.get("ratio_bltkit_over_hf")
+    if record["bltkit"].get("dense_mask"):  # the patch figure's own baseline: the dense local mask
+        yield fig, "dense", record["bltkit"]["dense_mask"], None
     if record.get("hf"):
         yield fig, "HF", record["hf"], None
 

@@ -59,19 +59,24 @@ def analytic_train_flops(cfg: BLTConfig, ids: torch.Tensor, patch_lengths: torch
 
 
 # ---- the entropy model of the patching and generation figures -------------------------------------
-def load_bench_entropy_model(name: str, device: torch.device, attn_impl: Optional[str] = None) -> tuple[nn.Module, str]:
+def load_bench_entropy_model(name: str, device: torch.device, attn_impl: Optional[str] = None,
+                             local_attention: Optional[str] = None) -> tuple[nn.Module, str]:
     """(``EntropyModel`` from config ``name`` on ``device``, eval and frozen; a description).
     ``attn_impl`` overrides the config's (the uncached generation loop uses ``sdpa``: its prefix
-    grows a byte a step, and compiled FlexAttention would recompile at every length)."""
+    grows a byte a step, and compiled FlexAttention would recompile at every length);
+    ``local_attention`` too (``dense``: the T x T reference mask, the patch figure's baseline)."""
     from entropy_model.model import EntropyModel, load_entropy_config
 
     cfg = load_entropy_config(name)
     if attn_impl is not None:
         cfg = dataclasses.replace(cfg, attn_impl=attn_impl)
+    if local_attention is not None:
+        cfg = dataclasses.replace(cfg, local_attention=local_attention)
     with torch.device(device):
         model = EntropyModel(cfg)
     model.eval().requires_grad_(False)
-    return model, f"entropy_model.EntropyModel ({name}: {cfg.n_layers} layers, dim {cfg.dim}, window {cfg.window})"
+    return model, (f"entropy_model.EntropyModel ({name}: {cfg.n_layers} layers, dim {cfg.dim}, window {cfg.window}, "
+                   f"{cfg.local_attention} local attention)")
 
 
 def entropy_patcher(model: nn.Module, threshold: float, precision: str = "auto"):

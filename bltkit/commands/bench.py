@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--hf-generate-bytes", type=int, default=None, help="new bytes for HF generate (time box; default --new-bytes)")
     a("--no-hf", dest="hf", action="store_false", help="skip Hugging Face's BLT")
     a("--seed", type=int, default=0)
+    a("--no-patch-dense", dest="patch_dense", action="store_false",
+      help="skip the patch figure's dense-mask baseline (the entropy model with local_attention: dense)")
     a("--profile", dest="profile_dir", default=None, metavar="DIR",
       help="also write torch.profiler top-op/kernel summaries of a train step and of batch-1 decode steps into DIR")
 
@@ -57,7 +59,7 @@ def run(args) -> int:
 
     keys = [f for f in ("config", "rows", "n_bytes", "steps", "warmup", "only", "device", "dtype", "attn_impl",
                         "compile", "compile_backend", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",
-                        "gen_batch", "hf", "hf_generate_bytes", "seed", "profile_dir")]
+                        "gen_batch", "hf", "hf_generate_bytes", "seed", "profile_dir", "patch_dense")]
     settings = from_dict(BenchSettings, {k: getattr(args, k) for k in keys}, source="command line")
 
     def emit(rec: dict) -> None:
