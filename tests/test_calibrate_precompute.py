@@ -175,16 +175,16 @@ def test_trainer_bridge_and_bundle_patching(em_dir, tmp_path, capsys):
 
     from bltkit.bundle import BundleMeta, write_bundle_meta
     from bltkit.data.vocab import encode_tensor
-    from bltkit.training.patch_source import make_patch_fn
+    from bltkit.training.patch_source import document_patcher
 
-    fn = make_patch_fn({"scheme": "entropy", "entropy_model": str(em_dir), "threshold": 5.0, "max_patch_length": 6})
+    fn = document_patcher({"scheme": "entropy", "entropy_model": str(em_dir), "threshold": 5.0, "max_patch_length": 6})
     doc = encode_tensor("A training document, BOS to EOS.")
     lengths = fn(doc)
     assert int(lengths.sum()) == doc.numel() and int(lengths[0]) == 1 and int(lengths.max()) <= 6
     assert [t.tolist() for t in fn.lengths([doc, doc[:5]])] == [lengths.tolist(), fn(doc[:5]).tolist()]
     assert fn.entropy_model_dir == em_dir
     with pytest.raises(ValueError, match="threshold"):
-        make_patch_fn({"scheme": "entropy", "entropy_model": str(em_dir)})  # uncalibrated, none given
+        document_patcher({"scheme": "entropy", "entropy_model": str(em_dir)})  # uncalibrated, none given
     # a bundle: bundle.yaml + model/ + entropy_model/; its patcher settings drive `bltkit patch --model`
     b = tmp_path / "bundle"
     (b / "model").mkdir(parents=True)

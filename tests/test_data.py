@@ -1,4 +1,4 @@
-"""Data sources, the built-in corpus, mixtures and the resumable loader (docs/reference-semantics.md §12.3).
+"""Data sources, the built-in corpus, mixtures and the one resumable loader (docs/reference-semantics.md §12.3).
 No network: Hugging Face datasets are local (``save_to_disk``, ``load_dataset("json", ...)``)."""
 import io
 import json
@@ -9,22 +9,18 @@ import torch
 
 from bltkit.config import ConfigError, from_dict
 from bltkit.data.corpus import builtin_corpus_path, builtin_files, builtin_names
-from bltkit.data.loader import DataConfig, DataLoader, DocKey, heldout_batches
 from bltkit.data.sources import (DataSource, DocumentStream, Mixture, SourceConfig, heldout_documents,
                                  iter_documents, is_heldout)
 from bltkit.data.vocab import BOS_ID, EOS_ID, decode_bytes
+from bltkit.patching import DocumentPatcher, Patcher, PatcherConfig
 from bltkit.patching.lengths import validate_patch_lengths
+from bltkit.training.config import train_config_from_dict
+from bltkit.training.data import DataConfig, DataLoader, heldout_batches
+from bltkit.training.patch_source import document_patcher
 
 
-def static_patches(k=3):
-    """A stand-in patcher: BOS alone, then patches of k bytes."""
-    def fn(ids):
-        n = ids.numel()
-        pl = [1] + [k] * ((n - 1) // k)
-        if (n - 1) % k:
-            pl.append((n - 1) % k)
-        return torch.tensor(pl)
-    return fn
+def static_patches(k=3) -> DocumentPatcher:
+    return document_patcher({"scheme": "static", "patch_size": k})
 
 
 def write_jsonl(path, rows):
@@ -50,7 +46,7 @@ def test_non_utf8_txt_is_bytes(tmp_path):
     (tmp_path / "latin1.txt").write_bytes(raw)
     (d,) = docs(str(tmp_path / "latin1.txt"))
     assert d == raw
-    cfg = DataConfig(sources=[str(tmp_path / "latin1.txt")], heldout_fraction=0.0, seq_len=len(raw) + 2,
+    cfg = DataConfig(train=[str(tmp_path / "latin1.txt")], eval_fraction=0.0, seq_len=len(raw) + 2,
                      batch_size=1, shuffle_buffer=1)
     b = next(DataLoader(cfg))
     assert b["ids"][0, 0] == BOS_ID and decode_bytes(b["ids"][0]) == raw
@@ -132,14 +128,14 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match="empty corpus"):
             list(iter_documents([str(tmp_path / name)]))
     with pytest.raises(ValueError, match="empty corpus: source .*empty.jsonl.gz"):
-        next(DataLoader(DataConfig(sources=[str(tmp_path / "empty.jsonl.gz")], seq_len=8, batch_size=1)))
+        next(DataLoader(DataConfig(train=[str(tmp_path / "empty.jsonl.gz")], seq_len=8, batch_size=1)))
     with pytest.raises(ValueError, match="empty corpus: source .*empty.txt"):
-        next(DataLoader(DataConfig(sources=[str(tmp_path / "empty.txt")], seq_len=8, batch_size=1)))
+        next(DataLoader(DataConfig(train=[str(tmp_path / "empty.txt")], seq_len=8, batch_size=1)))
     with pytest.raises(FileNotFoundError, match="holds no supported files"):
         (tmp_path / "void").mkdir()
         DataSource(str(tmp_path / "void"))
-    with pytest.raises(ConfigError, match="sources is empty"):
-        from_dict(DataConfig, {"sources": []})
+    with pytest.raises(ConfigError, match="data.train lists no sources"):
+        from_dict(DataConfig, {"train": []})
 
 
 def test_missing_text_field_names_file_key_row(tmp_path):
@@ -226,7 +222,7 @@ def test_hash_heldout_is_disjoint_and_complete(two_sources):
 def test_loader_never_serves_heldout_documents(two_sources):
     a, b = two_sources
     # shuffle_buffer=1: rows in packing order, so their concatenation is the document stream.
-    cfg = DataConfig(sources=[a, b], heldout_fraction=0.2, seq_len=64, batch_size=4, shuffle_buffer=1)
+    cfg = DataConfig(train=[a, b], eval_fraction=0.2, seq_len=64, batch_size=4, shuffle_buffer=1, final_target="masked")
     loader = DataLoader(cfg)
     stream = torch.cat([next(loader)["ids"].flatten() for _ in range(60)])  # > 1 epoch of bytes
     served = {decode_bytes(d) for d in torch.tensor_split(stream, (stream == EOS_ID).nonzero().flatten() + 1)[:-1]}
@@ -234,7 +230,7 @@ def test_loader_never_serves_heldout_documents(two_sources):
     held = {d for s in (a, b) for _, _, d in heldout_documents(DataSource(s), 0.2)}
     assert held and not (served & held)
     assert len(served) == 600 - len(held)  # every training document was served
-    ev = heldout_batches(cfg)
+    ev = heldout_batches(cfg, max_rows=10**6)
     ev_docs = set(re.findall(rb"[ab]\d{4}", b"".join(decode_bytes(e["ids"].flatten()) for e in ev)))
     assert ev_docs == held
     # Each row's last target is masked (BytePacker, final_target="masked"); every other real byte
@@ -268,7 +264,7 @@ def test_loader_batches_follow_conventions(packing):
 
 def test_documents_get_bos_and_eos(tmp_path):
     jl = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello"}, {"text": "world"}])
-    cfg = DataConfig(sources=[jl], heldout_fraction=0.0, seq_len=14, batch_size=1, shuffle_buffer=1)
+    cfg = DataConfig(train=[jl], eval_fraction=0.0, seq_len=14, batch_size=1, shuffle_buffer=1)
     b = next(DataLoader(cfg))
     assert b["ids"][0].tolist() == [BOS_ID, *[c + 4 for c in b"hello"], EOS_ID,
                                     BOS_ID, *[c + 4 for c in b"world"], EOS_ID]
@@ -276,26 +272,26 @@ def test_documents_get_bos_and_eos(tmp_path):
 
 def test_loader_deterministic_and_exact_resume(two_sources):
     a, b = two_sources
-    cfg = from_dict(DataConfig, {"sources": [{"path": a, "weight": 2.0}, b], "seq_len": 16, "packing": "patches",
-                                 "batch_size": 4, "shuffle_buffer": 5, "seed": 7})
+    cfg = from_dict(DataConfig, {"train": [{"path": a, "weight": 2.0}, b], "seq_len": 16, "packing": "patches",
+                                 "batch_size": 4, "shuffle_buffer": 5})
     fn = static_patches(4)
-    first = DataLoader(cfg, fn)
+    first = DataLoader(cfg, fn, seed=7)
     for _ in range(7):
         next(first)
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     expected = [next(first) for _ in range(6)]
-    again = DataLoader(cfg, fn)
+    again = DataLoader(cfg, fn, seed=7)
     replay = [next(again) for _ in range(13)][7:]
-    resumed = DataLoader(cfg, fn)
+    resumed = DataLoader(cfg, fn, seed=7)
     buf.seek(0)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     got = [next(resumed) for _ in range(6)]
     for e, r, g in zip(expected, replay, got):
         for k in e:
             assert torch.equal(e[k], r[k]) and torch.equal(e[k], g[k]), k
-    other = DataLoader(from_dict(DataConfig, {"sources": [a, b], "seed": 8}), fn)
-    with pytest.raises(ValueError, match="saved with"):
+    other = DataLoader(cfg, fn, seed=8)
+    with pytest.raises(ValueError, match="saved with seed=7, this loader has seed=8"):
         other.load_state_dict(first.state_dict())
 
 
@@ -314,29 +310,45 @@ def test_rank_shares_equal_single_process_batch():
         DataLoader(cfg, fn, rank=0, world_size=4)
 
 
-def test_keyed_patch_fn_gets_document_keys(two_sources):
+class RecordingScores:
+    """Entropies of 0 (one patch per document), recording the names the loader gives documents."""
+
+    def __init__(self):
+        self.names = []
+
+    def entropies(self, ids, where="a document"):
+        self.names.append(where)
+        return torch.zeros(ids.numel())
+
+
+def test_patcher_gets_documents_named_by_source_and_index(two_sources):
     a, _ = two_sources
-    keys = []
-
-    def keyed(ids, key: DocKey):
-        keys.append(key)
-        return torch.ones(ids.numel(), dtype=torch.int64)
-
-    cfg = DataConfig(sources=[a], heldout_fraction=0.0, packing="patches", seq_len=8, batch_size=2, shuffle_buffer=1)
-    next(DataLoader(cfg, keyed_patch_fn=keyed))
-    assert keys[:3] == [DocKey(a, 0), DocKey(a, 1), DocKey(a, 2)]
-    with pytest.raises(ValueError, match="needs patch lengths"):
+    scores = RecordingScores()
+    patcher = DocumentPatcher(Patcher(PatcherConfig(scheme="entropy", threshold=1.0)), scores=scores)
+    cfg = DataConfig(train=[a], eval_fraction=0.0, packing="patches", seq_len=8, batch_size=2, shuffle_buffer=1)
+    next(DataLoader(cfg, patcher))
+    # Entropy patching: documents are patched in groups of PATCH_GROUP, in source order.
+    assert scores.names[:3] == [f"source {a!r} document {i}" for i in range(3)]
+    with pytest.raises(ValueError, match="packing 'patches'.*needs patch lengths"):
         DataLoader(cfg)
-    with pytest.raises(ValueError, match=r"document 0.*sum to"):
-        next(DataLoader(cfg, lambda ids: torch.tensor([1])))
+
+
+def test_limit_bytes_caps_each_epoch_and_resumes(tmp_path):
+    jl = write_jsonl(tmp_path / "d.jsonl", [{"text": f"doc{i}" * 3} for i in range(20)])  # 12 bytes each
+    stream = DocumentStream(DataSource(jl), 0.0, limit_bytes=30)
+    got = [next(stream) for _ in range(7)]
+    # the document that reaches 30 bytes is the epoch's last (whole documents)
+    assert [(e, i) for e, i, _ in got] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
+    resumed = DocumentStream(DataSource(jl), 0.0, 30, **{k: v for k, v in stream.state_dict().items()})
+    assert next(resumed) == next(stream) == (2, 1, b"doc1" * 3)
 
 
 def test_heldout_eval_set_builtin():
-    cfg = DataConfig(seq_len=256, batch_size=8)
-    ev = heldout_batches(cfg, max_batches=3)
-    assert len(ev) == 3 and all(e["ids"].shape == (8, 256) for e in ev)
+    cfg = DataConfig(seq_len=256, batch_size=8, eval_rows=20)
+    ev = heldout_batches(cfg)
+    assert [e["ids"].shape for e in ev] == [(8, 256), (8, 256), (4, 256)]  # eval_rows rows, in batches
     assert ev[0]["ids"][0, 0] == BOS_ID
-    full = heldout_batches(cfg, static_patches(4))
+    full = heldout_batches(cfg, static_patches(4), max_rows=10**6)
     for e in full:
         validate_patch_lengths(e["patch_lengths"], 256)
     valid_bytes = sum(len(d) + 2 for d in iter_documents(["builtin:valid"]))
@@ -344,11 +356,23 @@ def test_heldout_eval_set_builtin():
 
 
 def test_data_config_from_dict():
-    cfg = from_dict(DataConfig, {"sources": ["builtin", {"path": "hf:org/name:cfg@train", "weight": 0.5,
-                                                         "text_field": "content"}],
-                                 "seq_len": 512, "packing": "patches"})
-    assert cfg.sources[0].path == "builtin" and cfg.sources[1].weight == 0.5
+    cfg = from_dict(DataConfig, {"train": ["builtin", {"path": "hf:org/name:cfg@train", "weight": 0.5,
+                                                       "text_field": "content"}],
+                                 "text_field": "body", "seq_len": 512, "packing": "patches"})
+    assert cfg.train[0].path == "builtin" and cfg.train[1].weight == 0.5
+    assert cfg.train[0].text_field == "body" and cfg.train[1].text_field == "content"  # a source's own wins
     with pytest.raises(ConfigError, match="nope"):
         from_dict(DataConfig, {"nope": 1})
     with pytest.raises(ConfigError, match="weight"):
-        from_dict(DataConfig, {"sources": [{"path": "builtin", "weight": -1}]})
+        from_dict(DataConfig, {"train": [{"path": "builtin", "weight": -1}]})
+    with pytest.raises(ConfigError, match="max_bytes"):
+        from_dict(DataConfig, {"max_bytes": 64})  # only cuts patch-packed rows
+
+
+@pytest.mark.parametrize("old, new", [("sources", "data.train"), ("heldout_fraction", "data.eval_fraction"),
+                                      ("shuffle", "data.shuffle_buffer"), ("seed", "top-level 'seed'")])
+def test_removed_data_keys_name_their_replacement(old, new):
+    with pytest.raises(ConfigError, match=rf"'data\.{old}' in run.yaml is no longer read: it is now .*{re.escape(new)}"):
+        train_config_from_dict({"data": {old: 1}}, source="run.yaml")
+    with pytest.raises(ConfigError, match=r"'stream' in run.yaml is no longer read: it is now data"):
+        train_config_from_dict({"stream": {"sources": ["builtin"]}}, source="run.yaml")

@@ -181,10 +181,10 @@ def test_use_data_points_every_run_at_your_files_and_holds_out_by_hash(tmp_path)
     use_data(cfg, [str(f)], text_field="body")
     for v in cfg.compare.variants:
         tc = variant_train_config(cfg.compare, v, str(path))
-        assert tc.data.train == [str(f)] and tc.data.text_field == "body" and tc.data.eval == []
+        assert [(s.path, s.text_field) for s in tc.data.train] == [(str(f), "body")] and tc.data.eval == []
     assert cfg.compare.entropy.train["data"]["train"] == [str(f)]
     held = heldout_documents(cfg.compare.base["data"], 1000)
-    expected = [d.encode() for d in docs if is_heldout(d.encode(), cfg.compare.base["data"].get("eval_fraction", 0.05))]
+    expected = [d.encode() for d in docs if is_heldout(d.encode(), tc.data.eval_fraction)]
     assert held == expected and 0 < len(held) < len(docs)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         use_data(cfg, [str(tmp_path / "nope.jsonl")])

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from bltkit.data.packing import (BytePacker, PatchPacker, Row, collate, cut_patch_lengths, document_ids,
-                                 document_patch_lengths, drop_positions, first_patch_one, shard_batch, truncate_row)
+                                 drop_positions, first_patch_one, shard_batch, truncate_row)
 from bltkit.data.vocab import BOE_ID, BOS_ID, EOS_ID
 from bltkit.patching.lengths import decoder_patch_ids, patch_ids_from_lengths, validate_patch_lengths
 
@@ -172,17 +172,35 @@ def test_truncate_row_shortens_boundary_patch():
     validate_patch_lengths(collate([t], pad_to=8)["patch_lengths"], 8)
 
 
-def test_document_patch_lengths_checks_the_patcher():
-    ids = document_ids(b"hello")
-    assert document_patch_lengths(ids, lambda x: torch.tensor([1, 6, 0, 0])).tolist() == [1, 6]
-    for bad, msg in [(torch.tensor([1, 5]), "sum to 6"), (torch.tensor([1, 0, 6]), "zero or negative"),
-                     (torch.tensor([1.0, 6.0]), "integer")]:
-        try:
-            document_patch_lengths(ids, lambda x, b=bad: b, where="source 'x' document 3")
-        except ValueError as e:
-            assert msg in str(e) and "document 3" in str(e)
-        else:
-            raise AssertionError(f"{bad} accepted")
+@settings(max_examples=100, deadline=None)
+@given(docs=documents(max_docs=5), k=st.integers(1, 5), t=st.integers(1, 6))
+def test_byte_packer_shift_k_targets_the_next_patch(docs, k, t):
+    """shift=K (the fixed-K patch phase): row r is the K*T bytes from r*K*T, each position's target
+    the byte K ahead, so every byte after the first K is a target exactly once (flush included);
+    K = 1 is the ordinary byte rows."""
+    ids = torch.cat([d[0] for d in docs])
+    packer = BytePacker(k * t, final_target="next", shift=k)
+    for d_ids, _ in docs:
+        packer.add(d_ids)
+    rows = packer.pop_rows() + packer.flush()
+    if not rows:  # K bytes or fewer: nothing to predict
+        assert ids.numel() <= k
+        return
+    batch = collate(rows, pad_to=k * t)
+    for r, row in enumerate(rows):
+        seg = ids[r * k * t:]
+        n_in = min(k * t, seg.numel())
+        assert torch.equal(batch["ids"][r, :n_in], seg[:n_in])
+        n_tg = int(batch["mask"][r].sum())
+        assert bool(batch["mask"][r, :n_tg].all())
+        assert torch.equal(batch["targets"][r, :n_tg], seg[k:k + n_tg])
+    assert int(batch["mask"].sum()) == max(0, ids.numel() - k)
+    if k == 1:
+        byte = BytePacker(t, final_target="next")
+        for d_ids, _ in docs:
+            byte.add(d_ids)
+        same = collate(byte.pop_rows() + byte.flush(), pad_to=t)
+        assert all(torch.equal(batch[key], same[key]) for key in batch)
 
 
 def toy_logits(batch: dict) -> torch.Tensor:

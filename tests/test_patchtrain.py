@@ -9,17 +9,16 @@ from hypothesis import strategies as st
 
 from bltkit import config as cfgio
 from bltkit.bundle import load_bundle_models
+from bltkit.data.packing import BytePacker, collate
 from bltkit.data.vocab import EOS_ID, OFFSET, encode_tensor
 from bltkit.model.global_transformer import GlobalTransformer
 from bltkit.patchtrain.config import ByteLMConfig
 from bltkit.patchtrain.loss import patch_nats
 from bltkit.patchtrain.model import ByteLM
 from bltkit.training.blt_init import init_global_transformer
-from bltkit.patchtrain.packing import pack_patch_rows
 from bltkit.patchtrain.schedule import (Budget, PatchTrainConfig, patch_train, patch_train_config_from_dict,
                                         patch_train_phases, plan, relative_cost)
 from bltkit.patchtrain.task import ByteLMTask, ByteLMTaskSettings, bytelm_forward_flops
-from bltkit.training.batches import pack_rows
 from bltkit.training.config import train_config_from_dict
 from bltkit.training.metrics import read_metrics
 from bltkit.training.task import masked_nats
@@ -36,28 +35,12 @@ def docs_strategy():
 
 
 # ---- rows -------------------------------------------------------------------------------------------
-@settings(max_examples=30, deadline=None)
-@given(docs=docs_strategy(), t=st.integers(1, 9))
-def test_k1_rows_are_the_byte_level_rows(docs, t):
-    a, b = pack_patch_rows(docs, 1, t), pack_rows(docs, t)
-    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
-
-
-@settings(max_examples=30, deadline=None)
-@given(docs=docs_strategy(), k=st.integers(1, 5), t=st.integers(1, 6))
-def test_patch_row_consumes_k_times_t_bytes(docs, k, t):
-    rows = pack_patch_rows(docs, k, t)
-    stream = torch.cat([encode_tensor(d) for d in docs])
-    batch = rows.batch(torch.arange(len(rows)))
-    assert batch["ids"].shape[1] == k * t and batch["targets"].shape[1] == k * t
-    for r in range(len(rows)):
-        seg = stream[r * k * t:]  # row r starts K*T bytes after row r-1
-        n_in = min(k * t, seg.numel())
-        assert torch.equal(batch["ids"][r, :n_in], seg[:n_in])
-        n_tg = int(batch["mask"][r].sum())
-        assert torch.equal(batch["targets"][r, :n_tg], seg[k:k + n_tg])
-    # every byte after the first patch is a target exactly once
-    assert int(rows.mask.sum()) == max(0, stream.numel() - k)
+def rows_of(docs: list[bytes], k: int, t: int) -> dict:
+    """Every row of the patch phase's packing (the data pipeline's BytePacker, shift K) of ``docs``."""
+    packer = BytePacker(k * t, final_target="next", shift=k)
+    for d in docs:
+        packer.add(encode_tensor(d))
+    return collate(packer.pop_rows() + packer.flush(), pad_to=k * t)
 
 
 # ---- model -------------------------------------------------------------------------------------------
@@ -128,10 +111,9 @@ def test_init_blt_global_from_bytelm():
 def test_k1_patch_loss_equals_byte_loss(docs, t):
     torch.manual_seed(0)
     m = small_model()
-    pb = pack_patch_rows(docs, 1, t).batch(torch.arange(len(pack_patch_rows(docs, 1, t))))
-    bb = pack_rows(docs, t).batch(torch.arange(len(pack_rows(docs, t))))
-    s1, n1 = patch_nats(m(pb["ids"], patch_size=1), pb["targets"], pb["mask"])
-    s2, n2 = masked_nats(m(bb["ids"]), bb["targets"], bb["mask"])
+    b = rows_of(docs, 1, t)
+    s1, n1 = patch_nats(m(b["ids"], patch_size=1), b["targets"], b["mask"])
+    s2, n2 = masked_nats(m(b["ids"]), b["targets"], b["mask"])
     assert n1 == n2
     torch.testing.assert_close(s1, s2, rtol=1e-6, atol=1e-5)
 
@@ -170,6 +152,8 @@ def test_task_batches_and_flops(tmp_path):
     task = ByteLMTask(run_config(tmp_path, patch_size=4))
     b = next(task.train_batches(0, 1))
     assert b["ids"].shape == (4, 4 * 32)
+    # each position's targets are the bytes K ahead: a row's targets are its own bytes from K on
+    assert torch.equal(b["targets"][:, :-4], b["ids"][:, 4:]) and bool(b["mask"].all())
     byte = ByteLMTask(run_config(tmp_path))
     bb = next(byte.train_batches(0, 1))
     assert bb["ids"].shape == (4, 32)

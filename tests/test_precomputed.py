@@ -64,10 +64,17 @@ def _same_batch(a: dict, b: dict) -> None:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
-def test_on_the_fly_equals_precomputed_rows_and_batches(em, shards, monkeypatch):
-    fly = build_task(_cfg(em))
-    fly_rows = fly._rows()
-    fly_batches = [fly.train_batches(0, 1).batch(s) for s in range(3)]
+def _batches(task, n: int = 3) -> list[dict]:
+    it = task.train_batches(0, 1)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("packing", ["bytes", "patches"])
+def test_on_the_fly_equals_precomputed_batches(em, shards, monkeypatch, packing):
+    data = {"train": ["builtin/devil"], "limit_bytes": 4000, "packing": packing,
+            "seq_len": 64 if packing == "bytes" else 16, "batch_size": 4, "eval_rows": 8}
+    fly = build_task(_cfg(em, data=data))
+    fly_batches, fly_eval = _batches(fly), fly.eval_batches()
 
     from bltkit.patching.patcher import Patcher
 
@@ -75,40 +82,17 @@ def test_on_the_fly_equals_precomputed_rows_and_batches(em, shards, monkeypatch)
         raise AssertionError("the entropy model ran although the entropies are precomputed")
 
     monkeypatch.setattr(Patcher, "entropies", no_model)
-    pre = build_task(_cfg(em, shards))
-    pre_rows = pre._rows()
-    for a, b in zip(fly_rows, pre_rows):  # training rows, held-out rows
-        assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
-        assert len(a.patch_lengths) == len(b.patch_lengths)
-        for x, y in zip(a.patch_lengths, b.patch_lengths):
-            assert torch.equal(x, y)
-    for s, fb in enumerate(fly_batches):
-        _same_batch(fb, pre.train_batches(0, 1).batch(s))
-    for fb, pb in zip(fly.eval_batches(), pre.eval_batches()):
+    pre = build_task(_cfg(em, shards, data=data))
+    for fb, pb in zip(fly_batches, _batches(pre)):
         _same_batch(fb, pb)
-    # Entropy patching really happened: lengths vary, mean between bytes and the static default.
-    pl = torch.cat(pre_rows[0].patch_lengths)
-    assert len(set(pl.tolist())) > 3 and 1.2 < pl.float().mean() < 6
-
-
-def test_streaming_loader_from_precomputed_equals_on_the_fly(em, shards, monkeypatch):
-    stream = {"sources": ["builtin/devil"], "packing": "patches", "seq_len": 16, "batch_size": 4,
-              "shuffle_buffer": 4}
-    fly = build_task(_cfg(em, stream=stream))
-    fly_it = fly.train_batches(0, 1)
-    fly_batches = [next(fly_it) for _ in range(3)]
-    fly_eval = fly.eval_batches()
-    from bltkit.patching.patcher import Patcher
-
-    monkeypatch.setattr(Patcher, "entropies", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model ran")))
-    pre = build_task(_cfg(em, shards, stream=stream))
-    pre_it = pre.train_batches(0, 1)
-    for fb in fly_batches:
-        _same_batch(fb, next(pre_it))
     pre_eval = pre.eval_batches()
     assert len(fly_eval) == len(pre_eval) > 0
     for fb, pb in zip(fly_eval, pre_eval):
         _same_batch(fb, pb)
+    # Entropy patching really happened: lengths vary, mean between bytes and the static default.
+    pl = torch.cat([b["patch_lengths"].flatten() for b in fly_batches])
+    pl = pl[pl > 0]
+    assert len(set(pl.tolist())) > 3 and 1.2 < pl.float().mean() < 6
 
 
 def test_fp32_entropies_option_and_bundle_settings(em, shards, tmp_path):
@@ -117,7 +101,7 @@ def test_fp32_entropies_option_and_bundle_settings(em, shards, tmp_path):
     patches as training did), without the training-only shard directory."""
     fp32 = build_task(_cfg(em, patcher={"scheme": "entropy", "entropy_model": str(em[0]), "threshold": em[1],
                                         "entropies_fp16": False}))
-    assert fp32.patch_fn().config.entropies_fp16 is False and len(fp32._rows()[0]) > 0
+    assert fp32.patcher().config.entropies_fp16 is False and next(fp32.train_batches(0, 1))["ids"].shape == (4, 64)
     train(_cfg(em, shards), tmp_path / "run")
     meta = read_bundle(tmp_path / "run")
     assert meta.patcher.scheme == "entropy" and meta.patcher.threshold == pytest.approx(em[1])
@@ -134,8 +118,8 @@ def test_mismatched_shards_are_named(em, shards, tmp_path):
         build_task(_cfg(em, shards, data={"train": ["builtin/devil", "builtin/kjv"], "seq_len": 64}))
     # reads past what was precomputed: the document is named
     task = build_task(_cfg(em, shards, data={"train": ["builtin/devil"], "limit_bytes": 30_000, "seq_len": 64}))
-    with pytest.raises(ValueError, match=r"data\.train \['builtin/devil'\]: document \d+ .* not in the precomputed"):
-        task._rows()
+    with pytest.raises(ValueError, match=r"source 'builtin/devil' document \d+ .* not in the precomputed"):
+        _batches(task, 100)
     # another entropy model (other weights)
     torch.manual_seed(1)
     other = tmp_path / "other"

@@ -16,15 +16,15 @@ from bltkit.bundle import load_bundle_models, read_bundle
 from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.patching.lengths import validate_patch_lengths
 from bltkit.training import checkpoint as ckpt
-from bltkit.training.batches import StepBatches, pack_rows, split_micro
 from bltkit.training.config import OptimConfig, ScheduleConfig, load_train_config, train_config_from_dict
 from bltkit.training.flops import blt_forward_flops, local_pairs
-from bltkit.training.loop import TrainingDiverged, train
+from bltkit.training.loop import TrainingDiverged, split_micro, train
 from bltkit.training.metrics import read_metrics
 from bltkit.training.optim import parameter_groups
 from bltkit.patching import PatcherConfig
-from bltkit.training.patch_source import make_patch_fn
+from bltkit.training.patch_source import document_patcher
 from bltkit.training.schedule import lr_factor
+from bltkit.training.task import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,44 +138,30 @@ def test_global_flops_scale_with_patch_count():
 
 
 # ---- packing and batches ---------------------------------------------------------------------------
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=6), st.integers(2, 24),
-       st.sampled_from(["static", "space"]))
-def test_pack_rows_invariants(docs, n, scheme):
-    fn = make_patch_fn({"scheme": "space"} if scheme == "space" else {"scheme": "static", "patch_size": 3})
-    rows = pack_rows(docs, n, fn)
-    stream = torch.cat([torch.tensor([1] + [b + 4 for b in d] + [2]) for d in docs])
-    b = rows.batch(torch.arange(len(rows)))
-    validate_patch_lengths(b["patch_lengths"], n, extra=1, first_one=True)
-    assert torch.equal(b["ids"][:, 1:], b["targets"][:, :-1])
-    real_targets = b["targets"][b["mask"].bool()]
-    assert torch.equal(real_targets, stream[1:])  # every byte but the first is a target once
-    assert int(b["mask"].sum()) == stream.numel() - 1
-    assert len(rows) == -(-(stream.numel() - 1) // n) and bool(b["mask"].any(1).all())  # no target-less row
-
-
 def test_space_patching_matches_reference_rule():
     ids = torch.tensor([1] + [b + 4 for b in b"ab  cd.e"] + [2])
     # starts {0,1} and after the first of each space-like run: ' ' at 3 -> 4, '.' at 7 -> 8; EOS follows 'e'
-    fn = make_patch_fn({"scheme": "space"})
+    fn = document_patcher({"scheme": "space"})
     assert fn(ids).tolist() == [1, 3, 4, 2]
     assert [x.tolist() for x in fn.lengths([ids, ids[:3]])] == [[1, 3, 4, 2], [1, 2]]
     with pytest.raises(cfgio.ConfigError, match="patcher.patch_sise"):
-        make_patch_fn({"scheme": "static", "patch_sise": 3})
+        document_patcher({"scheme": "static", "patch_sise": 3})
 
 
-def test_batches_depend_only_on_step_and_split_over_ranks():
-    rows = pack_rows([bytes(range(32, 120))] * 5, 16)
-    one = StepBatches(rows, 4, seed=3)
-    a, b = StepBatches(rows, 4, 0, 2, seed=3), StepBatches(rows, 4, 1, 2, seed=3)
-    for step in (0, 7, 31):
-        full = one.batch(step)["ids"]
-        assert torch.equal(torch.cat([a.batch(step)["ids"], b.batch(step)["ids"]]).sort(0).values, full.sort(0).values)
-    resumed = StepBatches(rows, 4, seed=3)
-    resumed.load_state_dict({"next_step": 5})
-    assert torch.equal(next(resumed)["ids"], one.batch(5)["ids"])
+def test_task_batches_are_the_data_pipeline_and_split_into_micro_batches(tmp_path):
+    """Every row of a BLT run's batches follows the patch conventions (first patch 1, sum N + 1);
+    with final_target next every byte of a row but the first is a real target."""
+    task = build_task(_cfg(tmp_path))
+    it = task.train_batches(0, 1)
+    b = next(it)
+    validate_patch_lengths(b["patch_lengths"], 48, extra=1, first_one=True)
+    assert torch.equal(b["ids"][:, 1:], b["targets"][:, :-1]) and bool(b["mask"].all())
+    micro = split_micro(b, 2)
+    assert [m["ids"].shape[0] for m in micro] == [2, 2]
+    assert torch.equal(torch.cat([m["ids"] for m in micro]), b["ids"])
     with pytest.raises(ValueError, match="not divisible by grad_accum 3"):
-        split_micro(one.batch(0), 3)
+        split_micro(b, 3)
+    assert sum(int(e["ids"].shape[0]) for e in task.eval_batches()) == 4  # data.eval_rows
 
 
 # ---- training runs ---------------------------------------------------------------------------------
@@ -419,22 +405,20 @@ def test_cuda_bf16_compiled_training_learns(tmp_path):
     assert res.bpb[-1][1] < res.bpb[0][1] - 1.0
 
 
-def test_streaming_loader_resumes_exactly(tmp_path):
-    """The data pipeline's streaming loader (reference patch-count packing) plugs into the same
-    loop; its state (numpy RNGs, rows packed but not served) round-trips through a checkpoint."""
+def test_patch_packed_run_resumes_exactly(tmp_path):
+    """The reference's patch-count packing with a hash-held-out split: the loader state (numpy
+    RNGs, rows packed but not served) round-trips through a checkpoint."""
     corpus = _write_corpus(tmp_path / "corpus")
-    stream = {"sources": [str(corpus / "train.jsonl")], "heldout_fraction": 0.2, "packing": "patches",
-              "seq_len": 12, "batch_size": 4, "shuffle_buffer": 4}
-    full = train(_cfg(tmp_path, steps=6, checkpoint_every=3, stream=stream), tmp_path / "full")
-    train(_cfg(tmp_path, steps=6, checkpoint_every=3, stream=stream), tmp_path / "part", stop_after=4)
-    resumed = train(_cfg(tmp_path, steps=6, checkpoint_every=3, stream=stream), tmp_path / "part", resume=True)
+    data = {"train": [str(corpus / "train.jsonl")], "eval": [], "eval_fraction": 0.2, "packing": "patches",
+            "seq_len": 12, "batch_size": 4, "shuffle_buffer": 4}
+    full = train(_cfg(tmp_path, steps=6, checkpoint_every=3, data=data), tmp_path / "full")
+    train(_cfg(tmp_path, steps=6, checkpoint_every=3, data=data), tmp_path / "part", stop_after=4)
+    resumed = train(_cfg(tmp_path, steps=6, checkpoint_every=3, data=data), tmp_path / "part", resume=True)
     assert resumed.resumed_from == 3 and resumed.losses == full.losses[3:]
 
 
 @pytest.mark.parametrize("path", sorted((cfgio.CONFIG_ROOT / "train").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_train_configs_load_and_build(path):
-    from bltkit.training.task import build_task
-
     cfg = load_train_config(path)
     task = build_task(cfg, path.parent)
     assert task.kind == cfg.kind

@@ -15,6 +15,7 @@ import copy
 from pathlib import Path
 from typing import Optional
 
+from .. import config as cfgio
 from ..patching.config import PatcherConfig, entropy_model_dir, merge, resolve_patcher
 from ..training.config import train_config_from_dict
 
@@ -81,21 +82,11 @@ class EntropyPatching:
         return d / "model"
 
     def _calibration_docs(self) -> list[bytes]:
-        from ..data.sources import DataSource, SourceConfig, is_heldout
+        """The first ``calibration_bytes`` of the comparison's training documents (never held-out ones)."""
+        from ..training.data import DataConfig, training_documents
 
-        d = self.cfg.base.get("data", {})
-        limit = self.setup.calibration_bytes
-        docs, total = [], 0
-        for spec in d.get("train", ["builtin"]):
-            src = DataSource(SourceConfig(path=spec, text_field=d.get("text_field", "text")))
-            frac = 0.0 if (d.get("eval") or src.heldout_source() is not None) else d.get("eval_fraction", 0.05)
-            for doc in src.documents():
-                if total >= limit:
-                    return docs
-                if not is_heldout(doc, frac):
-                    docs.append(doc)
-                    total += len(doc)
-        return docs
+        data = cfgio.from_dict(DataConfig, self.cfg.base.get("data", {}), source=self.source, prefix="base.data")
+        return list(training_documents(data.resolved(self.config_dir), self.setup.calibration_bytes))
 
 
 def calibrate(model_dir: Path, docs: list[bytes], target: float) -> tuple[float, float]:

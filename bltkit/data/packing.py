@@ -2,7 +2,8 @@
 docs/reference-semantics.md §12.2, §12.3). Axes: B rows, N input bytes per row, P patches per row.
 
 Input: a stream of documents, each as ids ``BOS + bytes + EOS`` with its own patch lengths
-(``include_next_token=False``: they sum to the document length; any ``patch_fn`` gives them).
+(``include_next_token=False``: they sum to the document length; ``bltkit.patching.DocumentPatcher``
+gives them).
 Output rows hold ``ids`` (x), ``targets`` (y), a loss ``mask`` and ``patch_lengths`` with
 
 - ``sum(patch_lengths) == N + 1`` (the last patch holds the target of the last byte, docs/reference-semantics.md §5),
@@ -21,22 +22,23 @@ packing, docs/reference-semantics.md §12.2, benchmark-style fixed-byte rows, th
 ``x = tokens``, ``y = tokens[1:] + [BOE]``. The reference trains on that final BOE target
 (docs/reference-semantics.md §12.2); **we mask it**, so every real target is a real next byte. Every model type (byte
 LM, fixed-K patches, BLT) then sees the same row grid and scores the same targets, which keeps
-bits-per-byte comparable. (``final_target="next"`` instead scores the real next byte there.) With ``with_patches=True`` the document patch lengths are cut at the
-row boundary (the cut patch's tail opens the next row, split into ``[1, L-1]``) and the masked
+bits-per-byte comparable. (``final_target="next"`` instead scores the real next byte there.)
+``shift=K`` makes each position's targets the bytes K ahead (``y = tokens[K:]``), the fixed-K
+patch phase's targets (patch i predicts the K bytes of patch i+1, docs/fixed-k.md); with
+``final_target="next"`` a row then holds ``row_len + K`` stream bytes and consumes ``row_len``,
+so every byte after the stream's first K is a target exactly once. With ``with_patches=True``
+(shift 1) the document patch lengths are cut at the row boundary (the cut patch's tail opens the next row, split into ``[1, L-1]``) and the masked
 virtual target is counted in the last patch, so ``sum == N + 1`` again. Without, rows carry no
 patch lengths (a byte LM needs none).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from bltkit.data.vocab import BOE_ID, encode_tensor
-
-PatchFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass
 class Row:
@@ -58,27 +60,6 @@ class Row:
 def document_ids(doc: bytes) -> torch.Tensor:
     """BOS + bytes + EOS as int64 ids (docs/reference-semantics.md §2, §4.5)."""
     return encode_tensor(doc, bos=True, eos=True)
-
-
-def document_patch_lengths(ids: torch.Tensor, patch_fn: PatchFn, where: str = "document") -> torch.Tensor:
-    """``patch_fn(ids)`` checked: 1-D integers summing to ``len(ids)``; trailing zeros are dropped.
-
-    ``ValueError`` names ``where`` (source and document index) when the patcher breaks that.
-    """
-    pl = torch.as_tensor(patch_fn(ids))
-    if pl.dim() == 2 and pl.shape[0] == 1:
-        pl = pl[0]
-    if pl.dim() != 1 or pl.dtype.is_floating_point or pl.dtype == torch.bool:
-        raise ValueError(f"{where}: patch_fn must return 1-D integer lengths, got {pl.dtype} of shape {tuple(pl.shape)}")
-    pl = pl.to("cpu", torch.int64)
-    nz = (pl != 0).nonzero()
-    pl = pl[: int(nz.max()) + 1] if nz.numel() else pl[:0]
-    if bool((pl <= 0).any()):
-        raise ValueError(f"{where}: patch_fn returned a zero or negative length inside {pl.tolist()[:20]}")
-    if int(pl.sum()) != ids.numel():
-        raise ValueError(f"{where}: patch lengths sum to {int(pl.sum())}, expected the document length {ids.numel()} "
-                         f"(per document, include_next_token=False)")
-    return pl
 
 
 def first_patch_one(pl: torch.Tensor) -> torch.Tensor:
@@ -123,17 +104,18 @@ class _Buffer:
         ids = ids.to(torch.int64)
         if self.with_patches:
             if patch_lengths is None:
-                raise ValueError("this packer needs patch lengths for every document (pass a patch_fn)")
+                raise ValueError("this packer needs patch lengths for every document (pass a patcher)")
             if int(patch_lengths.sum()) != ids.numel():
                 raise ValueError(f"patch lengths sum to {int(patch_lengths.sum())}, expected {ids.numel()}")
             self.pl = torch.cat([self.pl, patch_lengths.to(torch.int64)])
         self.ids = torch.cat([self.ids, ids])
 
     def state_dict(self) -> dict:
-        return {"ids": self.ids.clone(), "pl": self.pl.clone()}
+        # ids < 260 and lengths fit 16 and 32 bits: a quarter / half the checkpoint bytes.
+        return {"ids": self.ids.to(torch.int16), "pl": self.pl.to(torch.int32)}
 
     def load_state_dict(self, s: dict) -> None:
-        self.ids, self.pl = s["ids"].clone(), s["pl"].clone()
+        self.ids, self.pl = s["ids"].to(torch.int64), s["pl"].to(torch.int64)
 
 
 class PatchPacker:
@@ -202,18 +184,20 @@ def _drop_front(pl: torch.Tensor, n: int) -> torch.Tensor:
 class BytePacker:
     """Rows of exactly ``row_len`` stream bytes; patch lengths cut at the row edge when kept.
 
-    ``final_target="masked"`` (default): the reference layout, each row's last target is a masked
-    BOE and rows do not overlap. ``"next"``: the last target is the real next stream byte, which
-    then also opens the next row as its first input, so every byte but the stream's first is a
+    ``final_target="masked"`` (default): the reference layout, each row's last ``shift`` targets
+    are masked BOE and rows do not overlap. ``"next"``: the last targets are the real next stream
+    bytes, which also open the next row, so every byte but the stream's first ``shift`` is a
     target exactly once (the ids grid is the same in both).
     """
 
-    def __init__(self, row_len: int, with_patches: bool = False, final_target: str = "masked"):
+    def __init__(self, row_len: int, with_patches: bool = False, final_target: str = "masked", shift: int = 1):
         if row_len < 1:
             raise ValueError(f"row_len must be >= 1, got {row_len}")
         if final_target not in ("masked", "next"):
             raise ValueError(f"final_target must be 'masked' or 'next', got {final_target!r}")
-        self.t = row_len
+        if shift < 1 or (with_patches and shift != 1):
+            raise ValueError(f"shift must be >= 1 (and 1 with patch lengths), got {shift}")
+        self.t, self.shift = row_len, shift
         self.with_patches = with_patches
         self.final_target = final_target
         self.buf = _Buffer(with_patches=with_patches)
@@ -222,15 +206,14 @@ class BytePacker:
         self.buf.add(ids, patch_lengths)
 
     def _take(self, n: int) -> Row:
-        nxt = self.final_target == "next" and self.buf.ids.numel() > n
+        s = self.shift
+        nxt = self.final_target == "next" and self.buf.ids.numel() >= n + s
         tok = self.buf.ids[:n].clone()
-        if nxt:
-            y = self.buf.ids[1: n + 1].clone()
-            mask = torch.ones(n, dtype=torch.bool)
-        else:
-            y = torch.cat([tok[1:], tok.new_tensor([BOE_ID])])
-            mask = torch.ones(n, dtype=torch.bool)
-            mask[-1] = False  # the reference's BOE target at the row end (docs/reference-semantics.md §12.2): masked
+        # "next": the real bytes s ahead, as far as the stream goes; "masked": the row's own.
+        y = self.buf.ids[s:n + s] if self.final_target == "next" else tok[s:]
+        k = y.numel()  # real targets; the rest is the reference's BOE pad (docs/reference-semantics.md §12.2): masked
+        y = torch.cat([y, y.new_full((n - k,), BOE_ID)])
+        mask = torch.arange(n) < k
         pl = None
         if self.with_patches:
             if nxt:
@@ -248,18 +231,23 @@ class BytePacker:
 
     def pop_rows(self) -> list[Row]:
         rows = []
-        need = self.t + (1 if self.final_target == "next" else 0)
+        need = self.t + (self.shift if self.final_target == "next" else 0)
         while self.buf.ids.numel() >= need:
             rows.append(self._take(self.t))
         return rows
 
     def flush(self) -> list[Row]:
-        """The final partial row (fewer bytes; ``collate`` pads it), for a finite pass.
+        """The final partial rows (fewer targets or bytes; ``collate`` pads them), for a finite pass.
 
-        A single leftover byte makes no row: it has no target (with ``"next"`` it already was the
-        previous row's last target), so the row would be all padding to the loss.
+        ``shift`` or fewer leftover bytes make no row: they have no target (with ``"next"`` they
+        already were the previous row's last targets), so the row would be all padding to the loss.
         """
-        rows = [self._take(self.buf.ids.numel())] if self.buf.ids.numel() > 1 else []
+        rows = []
+        while self.buf.ids.numel() > self.shift:
+            n = min(self.t, self.buf.ids.numel())
+            if self.final_target == "masked" and n <= self.shift:
+                break
+            rows.append(self._take(n))
         self.buf = _Buffer(with_patches=self.with_patches)
         return rows
 
@@ -328,5 +316,5 @@ def shard_batch(batch: dict, rank: int, world_size: int) -> dict:
     return {key: v[rank * k:(rank + 1) * k] for key, v in batch.items()}
 
 
-__all__ = ["Row", "PatchFn", "document_ids", "document_patch_lengths", "first_patch_one", "cut_patch_lengths",
+__all__ = ["Row", "document_ids", "first_patch_one", "cut_patch_lengths",
            "drop_positions", "PatchPacker", "BytePacker", "truncate_row", "collate", "shard_batch"]

@@ -19,10 +19,12 @@ also hold ``bytes`` (a binary column).
 The built-in corpus is read with ``gzip`` + ``json`` directly rather than through ``datasets``:
 it is our own fixed format, twenty times faster that way, and needs no cache folder.
 
-Held-out documents are chosen by a hash of their bytes (``is_heldout``): the choice depends on
-nothing but the document, so it is the same in every run, epoch, rank and source order, and a
-duplicate of a held-out document is held out too. A source may name an explicit held-out source
-instead (``SourceConfig.heldout``; automatic for ``builtin``).
+The held-out split is one rule (``heldout_share``, used by both sides: ``DocumentStream`` for
+training, ``heldout_documents`` for evaluation): a source with an explicit held-out source
+(``SourceConfig.heldout``; automatic for ``builtin``, its fixed ``valid`` files) holds out nothing
+of its own documents; any other holds out the documents whose bytes hash below ``fraction``
+(``is_heldout``). The choice depends on nothing but the document, so it is the same in every run,
+epoch, rank and source order, and a duplicate of a held-out document is held out too.
 """
 from __future__ import annotations
 
@@ -52,16 +54,17 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 class SourceConfig:
     """One data source of a mixture (see the module docstring for ``path`` specs).
 
-    ``weight``: relative share of documents drawn from this source. ``heldout``: an explicit
-    held-out source spec (read with the same options); when unset the hash split of
-    ``DataConfig.heldout_fraction`` applies (``builtin`` uses its fixed ``valid`` files).
+    ``weight``: relative share of documents drawn from this source. ``text_field``: the column of
+    json / parquet / Hugging Face rows (unset: the run's ``data.text_field``, else ``text``).
+    ``heldout``: an explicit held-out source spec (read with the same options); when unset the
+    hash split of ``data.eval_fraction`` applies (``builtin`` uses its fixed ``valid`` files).
     ``split`` / ``config_name`` / ``data_files`` / ``streaming`` go to ``datasets.load_dataset``
     for ``hf:`` specs and saved ``DatasetDict`` folders.
     """
 
     path: str
     weight: float = 1.0
-    text_field: str = "text"
+    text_field: Optional[str] = None
     txt_split: Literal["file", "blank_lines"] = "file"
     heldout: Optional[str] = None
     split: Optional[str] = None
@@ -74,6 +77,11 @@ class SourceConfig:
             raise ValueError("source path is empty")
         if not (self.weight > 0 and np.isfinite(self.weight)):
             raise ValueError(f"source {self.path!r}: weight must be a positive number, got {self.weight}")
+
+
+def is_path_spec(spec: str) -> bool:
+    """True when ``spec`` names local files (not the built-in corpus, not ``hf:NAME``)."""
+    return not (_corpus.is_builtin(spec) or spec.startswith("hf:"))
 
 
 def is_heldout(doc: bytes, fraction: float) -> bool:
@@ -225,8 +233,10 @@ class DataSource:
     def __init__(self, cfg: SourceConfig | str):
         self.cfg = SourceConfig(path=cfg) if isinstance(cfg, str) else cfg
         self.cfg.validate()
+        self.text_field = self.cfg.text_field or "text"
         spec = self.cfg.path
         self.name = spec
+        self._heldout: Optional[DataSource] | bool = False  # not looked up yet
         if _corpus.is_builtin(spec):
             self.kind = "builtin"
             self.files = _corpus.builtin_files(spec)
@@ -240,14 +250,15 @@ class DataSource:
 
     def heldout_source(self) -> Optional["DataSource"]:
         """The explicit held-out source (``cfg.heldout``, or ``builtin:valid`` for builtin)."""
-        spec = self.cfg.heldout
-        if spec is None and self.kind == "builtin" and not self.name.endswith(":valid"):
-            spec = _corpus.heldout_spec(self.name)
-        if spec is None:
-            return None
-        c = self.cfg
-        return DataSource(SourceConfig(path=spec, text_field=c.text_field, txt_split=c.txt_split, split=c.split,
-                                       config_name=c.config_name, streaming=c.streaming))
+        if self._heldout is False:
+            spec = self.cfg.heldout
+            if spec is None and self.kind == "builtin" and not self.name.endswith(":valid"):
+                spec = _corpus.heldout_spec(self.name)
+            c = self.cfg
+            self._heldout = None if spec is None else DataSource(SourceConfig(
+                path=spec, text_field=c.text_field, txt_split=c.txt_split, split=c.split,
+                config_name=c.config_name, streaming=c.streaming))
+        return self._heldout
 
     def _all(self) -> Iterator[bytes]:
         c = self.cfg
@@ -259,11 +270,11 @@ class DataSource:
         else:
             for p in self.files:
                 if _is_saved_dataset(p):
-                    yield from _iter_saved(p, c.text_field, c.split)
+                    yield from _iter_saved(p, self.text_field, c.split)
                 elif _has_suffix(p, TXT_SUFFIXES):
                     yield from _iter_txt(p, c.txt_split)
                 else:
-                    yield from _iter_hf_file(p, c.text_field)
+                    yield from _iter_hf_file(p, self.text_field)
 
     def _iter_hub(self) -> Iterator[bytes]:
         import datasets
@@ -279,7 +290,7 @@ class DataSource:
             kwargs["data_files"] = self.cfg.data_files
         ds = _load_or_empty(lambda: datasets.load_dataset(name, config, **kwargs))
         if ds is not None:
-            yield from _iter_rows(ds, self.cfg.text_field, self.name)
+            yield from _iter_rows(ds, self.text_field, self.name)
 
     def documents(self, start: int = 0) -> Iterator[bytes]:
         """Documents from position ``start`` on (empty documents are skipped and not counted)."""
@@ -336,24 +347,39 @@ def take_bytes(docs: Iterable[bytes], limit_bytes: Optional[int]) -> Iterator[by
             return
 
 
-class DocumentStream:
-    """Endless training documents of one source: hash-held-out ones removed, epochs repeated.
+def heldout_share(source: DataSource, fraction: float) -> float:
+    """The share of ``source``'s own documents held out by hash: ``fraction``, or 0 when the source
+    has an explicit held-out source (the one split rule; see the module docstring)."""
+    return 0.0 if source.heldout_source() is not None else fraction
 
-    Position = (epoch, next raw document index); that is all a checkpoint needs. An epoch that
-    yields no training document is an error (an empty corpus would otherwise loop forever).
+
+class DocumentStream:
+    """Endless training documents of one source: held-out ones removed, epochs repeated.
+
+    ``limit_bytes`` ends each epoch after the document that reaches that many training bytes
+    (whole documents, so each one keeps its content and its precomputed entropies). Position =
+    (epoch, next raw document index, training bytes so far this epoch); that is all a checkpoint
+    needs. An epoch that yields no training document is an error (an empty corpus would otherwise
+    loop forever).
     """
 
-    def __init__(self, source: DataSource, heldout_fraction: float, epoch: int = 0, position: int = 0):
-        self.source = source
-        self.fraction = 0.0 if source.heldout_source() is not None else heldout_fraction
-        self.epoch, self.position = epoch, position
+    def __init__(self, source: DataSource, heldout_fraction: float, limit_bytes: Optional[int] = None,
+                 epoch: int = 0, position: int = 0, taken: int = 0):
+        check_byte_limit(limit_bytes)
+        self.source, self.limit = source, limit_bytes
+        self.fraction = heldout_share(source, heldout_fraction)
+        self.epoch, self.position, self.taken = epoch, position, taken
         self._it: Optional[Iterator[bytes]] = None
-        self._found_in_epoch = position > 0
 
     def _next_raw(self) -> Optional[bytes]:
+        if self.limit is not None and self.taken >= self.limit:
+            return None
         if self._it is None:
             self._it = self.source.documents(self.position)
         return next(self._it, None)
+
+    def __iter__(self):
+        return self
 
     def __next__(self) -> tuple[int, int, bytes]:
         """(epoch, index within the source, document)."""
@@ -361,21 +387,21 @@ class DocumentStream:
         while True:
             doc = self._next_raw()
             if doc is None:
-                if not self._found_in_epoch or restarts:
+                if self.taken == 0 or restarts:
                     held = f" after holding out {self.fraction:.3g} of documents" if self.fraction > 0 else ""
                     raise ValueError(f"empty corpus: source {self.source.name!r} yields no training documents{held}")
-                self.epoch, self.position, self._it, self._found_in_epoch = self.epoch + 1, 0, None, False
+                self.epoch, self.position, self.taken, self._it = self.epoch + 1, 0, 0, None
                 restarts += 1
                 continue
             index = self.position
             self.position += 1
             if is_heldout(doc, self.fraction):
                 continue
-            self._found_in_epoch = True
+            self.taken += len(doc)
             return self.epoch, index, doc
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "taken": self.taken}
 
 
 class Mixture:
@@ -385,7 +411,8 @@ class Mixture:
     source's position make up the checkpoint, so ``load_state_dict`` resumes exactly.
     """
 
-    def __init__(self, sources: Sequence[DataSource], weights: Sequence[float], seed: int, heldout_fraction: float):
+    def __init__(self, sources: Sequence[DataSource], weights: Sequence[float], seed: int, heldout_fraction: float,
+                 limit_bytes: Optional[int] = None):
         if not sources:
             raise ValueError("empty corpus: no data sources given")
         if len(weights) != len(sources):
@@ -395,9 +422,9 @@ class Mixture:
             raise ValueError(f"source weights must be positive numbers, got {list(weights)}")
         self.sources = list(sources)
         self.p = w / w.sum()
-        self.heldout_fraction = heldout_fraction
+        self.heldout_fraction, self.limit = heldout_fraction, limit_bytes
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.streams = [DocumentStream(s, heldout_fraction) for s in self.sources]
+        self.streams = [DocumentStream(s, heldout_fraction, limit_bytes) for s in self.sources]
 
     def __iter__(self):
         return self
@@ -408,6 +435,11 @@ class Mixture:
         epoch, index, doc = next(self.streams[i])
         return i, epoch, index, doc
 
+    @property
+    def epoch(self) -> int:
+        """Passes completed over the most-repeated source."""
+        return max(s.epoch for s in self.streams)
+
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams]}
 
@@ -415,7 +447,7 @@ class Mixture:
         if len(state["streams"]) != len(self.sources):
             raise ValueError(f"state holds {len(state['streams'])} sources, this mixture has {len(self.sources)}")
         self.rng.bit_generator.state = state["rng"]
-        self.streams = [DocumentStream(s, self.heldout_fraction, st["epoch"], st["position"])
+        self.streams = [DocumentStream(s, self.heldout_fraction, self.limit, st["epoch"], st["position"], st["taken"])
                         for s, st in zip(self.sources, state["streams"])]
 
 
@@ -433,4 +465,4 @@ def heldout_documents(source: DataSource, heldout_fraction: float) -> Iterator[t
 
 
 __all__ = ["SourceConfig", "DataSource", "DocumentStream", "Mixture", "iter_documents", "heldout_documents",
-           "is_heldout", "expand_path", "parse_hf_spec", "SUPPORTED_SUFFIXES"]
+           "heldout_share", "is_heldout", "is_path_spec", "expand_path", "parse_hf_spec", "SUPPORTED_SUFFIXES"]

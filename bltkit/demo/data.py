@@ -4,13 +4,15 @@
 when the config gives it apart), so every part of the demo (entropy model, calibration, every
 variant) trains on the same documents, and all are scored on the same held-out ones: ``--eval
 PATH...`` when given, else the hash-chosen ``eval_fraction`` of your documents (never trained on;
-``bltkit.data.sources.is_heldout``). Paths are checked before anything trains.
+the run's split, ``bltkit.training.data.heldout_documents``). Paths are checked before anything
+trains.
 
 The text patched on screen and the generation prompts default to the start of held-out
 documents, so what the demo shows is text no model saw, in the style of the data it trained on.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,13 +22,12 @@ from .config import DemoConfig
 def use_data(cfg: DemoConfig, train: Sequence[str], eval_: Sequence[str] = (), text_field: Optional[str] = None) -> None:
     """Point ``cfg`` (in place) at the sources ``train`` / ``eval_``; a missing path raises
     ``FileNotFoundError`` naming it."""
-    from ..data.sources import DataSource, SourceConfig
+    from ..data.sources import DataSource
 
     if not train:
         raise ValueError("--data needs at least one path (a file, folder, glob or 'builtin')")
-    field_ = text_field or cfg.compare.base.get("data", {}).get("text_field", "text")
     for spec in list(train) + list(eval_):
-        DataSource(SourceConfig(path=spec, text_field=field_))  # names a missing path before any training
+        DataSource(spec)  # names a missing path before any training
     sections = [cfg.compare.base]
     if cfg.compare.entropy is not None and "data" in cfg.compare.entropy.train:
         sections.append(cfg.compare.entropy.train)
@@ -34,40 +35,18 @@ def use_data(cfg: DemoConfig, train: Sequence[str], eval_: Sequence[str] = (), t
         data = sec.setdefault("data", {})
         data["train"] = list(train)
         data["eval"] = list(eval_)
-        data["text_field"] = field_
+        if text_field:
+            data["text_field"] = text_field
 
 
 def heldout_documents(data: dict, n: int, config_dir: Optional[Path] = None) -> list[bytes]:
-    """The first ``n`` non-empty held-out documents of a run's ``data:`` mapping, chosen as the
-    trainer chooses them (``bltkit.training.packed_task``): ``data.eval``, else each training
-    source's own held-out split."""
-    from ..data.sources import DataSource, SourceConfig, heldout_documents as source_heldout
+    """The first ``n`` non-empty held-out documents of a run's ``data:`` mapping: the ones the
+    trainer holds out (``bltkit.training.data.heldout_documents``)."""
+    from .. import config as cfgio
+    from ..training.data import DataConfig, heldout_documents as run_heldout
 
-    text_field = data.get("text_field", "text")
-    fraction = data.get("eval_fraction", 0.05)
-
-    def resolve(spec: str) -> str:
-        p = Path(spec)
-        if spec.startswith(("builtin", "hf:")) or p.is_absolute() or p.exists() or config_dir is None:
-            return spec
-        return str(config_dir / spec) if (config_dir / spec).exists() else spec
-
-    out: list[bytes] = []
-    if data.get("eval"):
-        for spec in data["eval"]:
-            for doc in DataSource(SourceConfig(path=resolve(spec), text_field=text_field)).documents():
-                if doc.strip():
-                    out.append(doc)
-                if len(out) >= n:
-                    return out
-        return out
-    for spec in data.get("train", ["builtin"]):
-        for _, _, doc in source_heldout(DataSource(SourceConfig(path=resolve(spec), text_field=text_field)), fraction):
-            if doc.strip():
-                out.append(doc)
-            if len(out) >= n:
-                return out
-    return out
+    cfg = cfgio.from_dict(DataConfig, data, prefix="data").resolved(config_dir)
+    return list(itertools.islice((doc for _, _, doc in run_heldout(cfg) if doc.strip()), n))
 
 
 def utf8_prefix(doc: bytes, n: int) -> str:

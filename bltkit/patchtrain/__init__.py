@@ -2,7 +2,6 @@
 
 - ``config.py``   ByteLMConfig (the backbone's sizes), loaded from ``configs/bytelm/*.yaml``
 - ``model.py``    ByteLM: byte embedding -> BLT's GlobalTransformer -> norm -> head over 260 ids
-- ``packing.py``  rows of K*(T+1) bytes for the patch phase (K*T new bytes a row)
 - ``loss.py``     the bag-of-K next-patch loss (K=1: ordinary next-byte cross-entropy)
 - ``task.py``     ByteLMTask: the trainer's ``Task`` for kind ``bytelm`` (one loop for all kinds)
 - ``schedule.py`` the two phases (patch, then byte): plan under a byte or FLOP budget, and run

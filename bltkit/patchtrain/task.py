@@ -3,7 +3,8 @@
 ``task:`` settings of a run config (``ByteLMTaskSettings``, unknown keys rejected):
 
 - ``patch_size`` K: 1 trains next-byte (rows of ``data.seq_len`` = T bytes); K > 1 is the patch
-  phase (rows of K*T bytes read as T mean-pooled patches, the bag-of-K loss, loss.py);
+  phase (rows of K*T bytes read as T mean-pooled patches, each position's targets the K bytes of
+  the next patch: the one data pipeline with ``target_shift=K``; the bag-of-K loss, loss.py);
 - ``init_from``: a bundle or model directory whose weights start the run (the phase transition:
   weights only, a fresh optimiser and schedule, docs/fixed-k.md "The method");
 - ``patch_row_bytes``: bytes a patch-phase row (default K*T); must be a multiple of K.
@@ -15,6 +16,7 @@ patch-phase row costs what a byte-phase row costs while consuming K times the by
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,15 +28,13 @@ from .. import config as cfgio
 from ..bundle import save_bundle, weights_file
 from ..data.vocab import EOS_ID
 from ..weights import load_weights_into
-from ..training.batches import Rows, StepBatches, eval_batches, pack_rows
 from ..training.config import TrainConfig
+from ..training.data import DataLoader
 from ..training.flops import lm_forward_flops, training_flops
-from ..training.packed_task import PackedDataTask
-from ..training.task import instantiate_with_state, masked_nats
+from ..training.task import Task, instantiate_with_state, masked_nats
 from .config import ByteLMConfig, load_bytelm_config
 from .loss import patch_nats
 from .model import ByteLM, check_patch_size
-from .packing import PatchRows, pack_patch_rows
 
 
 @dataclass
@@ -52,21 +52,18 @@ class ByteLMTaskSettings:
                              f"patch size K={self.patch_size}")
 
 
-class ByteLMTask(PackedDataTask):
+class ByteLMTask(Task):
     kind = "bytelm"
 
     def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
         super().__init__(cfg, config_dir)
         self.settings = cfgio.from_dict(ByteLMTaskSettings, cfg.task, source="the run config's task:", prefix="task")
-        model_path = cfg.model
-        if config_dir is not None and not Path(model_path).exists() and (config_dir / model_path).is_file():
-            model_path = str(config_dir / model_path)
-        self.model_cfg: ByteLMConfig = load_bytelm_config(model_path, cfg.model_overrides)
+        self.model_cfg: ByteLMConfig = load_bytelm_config(self.resolve_path(cfg.model), cfg.model_overrides)
         k = self.settings.patch_size
         self.patch_size = k
         self.n_positions = (self.settings.patch_row_bytes // k) if self.settings.patch_row_bytes else cfg.data.seq_len
         if self.settings.init_from is not None:
-            self._init_path = weights_file(self._resolve(self.settings.init_from))  # fails early
+            self._init_path = weights_file(self.resolve_path(self.settings.init_from))  # fails early
 
     # ---- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -85,23 +82,11 @@ class ByteLMTask(PackedDataTask):
         save_bundle(out_dir, model, "bytelm", patcher={})
 
     # ---- data -----------------------------------------------------------------------------------
-    def _rows(self) -> tuple[Rows | PatchRows, Rows]:
-        if getattr(self, "_cached_rows", None) is None:
-            train_docs, held_docs, specs = self._documents()
-            k, t = self.patch_size, self.n_positions
-            train = (pack_patch_rows(train_docs, k, t, where=f"data.train {specs}") if k > 1
-                     else pack_rows(train_docs, t, None, where=f"data.train {specs}"))
-            held = pack_rows(held_docs, self.cfg.data.seq_len, None, where="the held-out data")
-            self._cached_rows = (train, held)
-        return self._cached_rows
-
-    def train_batches(self, rank: int, world_size: int) -> StepBatches:
-        d = self.cfg.data
-        return StepBatches(self._rows()[0], d.batch_size, rank, world_size, seed=self.cfg.seed, shuffle=d.shuffle)
-
-    def eval_batches(self) -> list[dict[str, torch.Tensor]]:
-        d = self.cfg.data
-        return eval_batches(self._rows()[1], d.eval_rows, d.batch_size)
+    def train_batches(self, rank: int, world_size: int) -> DataLoader:
+        """Rows of K*T bytes whose targets are K bytes ahead (K = 1: the byte rows every kind reads);
+        held-out batches stay the byte rows of ``data.seq_len`` (``Task.eval_batches``)."""
+        data = dataclasses.replace(self.data, seq_len=self.patch_size * self.n_positions)
+        return DataLoader(data, seed=self.cfg.seed, rank=rank, world_size=world_size, target_shift=self.patch_size)
 
     # ---- objective and accounting -----------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,11 +3,12 @@
     from bltkit.training import load_train_config, train
     result = train(load_train_config("tiny", ["steps=100"]), "runs/tiny")
 
-Modules: ``config`` (typed run config), ``task`` (the per-kind ``Task`` interface and registry),
-``blt_task`` / ``entropy_task`` / ``packed_task`` (tasks), ``blt_init`` (a BLT run's ``init_from`` /
-``init_global_from``), ``batches`` (packed rows, per-step
-batches), ``patch_source`` (patcher settings -> document patch lengths), ``precomputed`` (entropies
-from ``bltkit precompute`` shards), ``optim`` (AdamW groups),
+Modules: ``config`` (typed run config), ``data`` (the data config and the one pipeline: sources,
+held-out split, packing, resumable batches), ``task`` (the per-kind ``Task`` interface and
+registry), ``blt_task`` / ``entropy_task`` / ``hnet_task`` (tasks), ``blt_init`` (a BLT run's
+``init_from`` / ``init_global_from``), ``patch_source`` (patcher settings -> the run's
+``DocumentPatcher``), ``precomputed`` (entropies from ``bltkit precompute`` shards),
+``optim`` (AdamW groups),
 ``schedule`` (cosine / WSD / constant), ``flops`` (analytic FLOPs), ``checkpoint`` (atomic
 checkpoints), ``metrics`` (metrics.jsonl, TensorBoard), ``distributed`` (DDP / FSDP2, torchrun),
 ``loop`` (the loop). CLI: ``bltkit train`` and ``bltkit train-entropy``.

@@ -1,7 +1,7 @@
 """Training task for the Byte Latent Transformer (``kind: blt``; docs/reference-semantics.md §12).
 
 The loss is per-byte cross-entropy over real targets (docs/reference-semantics.md §12.1), the model fed packed rows whose
-patch lengths come from the run's patcher (patch_source.py). FLOPs follow flops.py per batch, so
+patch lengths come from the run's document patcher (patch_source.py). FLOPs follow flops.py per batch, so
 the global model's share tracks the batch's real mean patch length. The finished run is a bundle
 with ``kind: blt`` and the patcher settings; with entropy patching the entropy model directory is
 copied in as ``entropy_model/``.
@@ -18,37 +18,31 @@ from .. import config as cfgio
 from ..bundle import ENTROPY_SUBDIR, save_bundle
 from ..model.blt import ByteLatentTransformer, load_blt_config
 from ..model.config import BLTConfig
-from .batches import PatchFn
+from ..patching.documents import DocumentPatcher
 from .config import TrainConfig
+from .data import patched_sources
 from .flops import blt_forward_flops, lm_forward_flops, training_flops
-from .packed_task import PackedDataTask
-from .patch_source import make_patch_fn
-from .task import instantiate_with_state, masked_nats
+from .patch_source import document_patcher
+from .task import Task, instantiate_with_state, masked_nats
 
 
-class BLTTask(PackedDataTask):
+class BLTTask(Task):
     kind = "blt"
 
     def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
         super().__init__(cfg, config_dir)
-        self.model_cfg: BLTConfig = load_blt_config(self._model_path(cfg.model), cfg.model_overrides)
-        self._patch_fn = make_patch_fn(cfg.patcher, config_dir)  # fails early on bad settings
-        self._patch_fn.check_sources(self.patched_sources())  # precomputed entropies must cover them
+        self.model_cfg: BLTConfig = load_blt_config(self.resolve_path(cfg.model), cfg.model_overrides)
+        self._patcher = document_patcher(cfg.patcher, config_dir)  # fails early on bad settings
+        self._patcher.check_sources(patched_sources(self.data))  # precomputed entropies must cover them
 
-    def _model_path(self, name: str) -> str:
-        p = Path(name)
-        if self.config_dir is not None and not p.is_absolute() and not p.exists() and (self.config_dir / p).is_file():
-            return str(self.config_dir / p)
-        return name
-
-    def patch_fn(self) -> PatchFn:
-        return self._patch_fn
+    def patcher(self) -> DocumentPatcher:
+        return self._patcher
 
     def build_model(self) -> nn.Module:
         model = ByteLatentTransformer(self.model_cfg)
         from .blt_init import apply_blt_init  # task.init_from / init_global_from (docs/fixed-k.md)
 
-        apply_blt_init(model, self.cfg.task, self._resolve)
+        apply_blt_init(model, self.cfg.task, self.resolve_path)
         return model
 
     def model_config_dict(self) -> dict:
@@ -63,7 +57,7 @@ class BLTTask(PackedDataTask):
         return training_flops(sum(blt_forward_flops(self.model_cfg, batch["ids"], batch["patch_lengths"]).values()))
 
     def extra_flops_per_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        em = self._patch_fn.entropy_model_dir
+        em = self._patcher.entropy_model_dir
         if em is None:  # no entropy model, no patching cost
             return {}
         if getattr(self, "_em_config", None) is None:
@@ -89,8 +83,8 @@ class BLTTask(PackedDataTask):
     def save_bundle(self, model: nn.Module, out_dir: Path) -> None:
         # The settings the run used, resolved (a calibrated threshold included), so the bundle
         # patches as training did without reading anything else.
-        em = self._patch_fn.entropy_model_dir
-        patcher = self._patch_fn.config.for_bundle(ENTROPY_SUBDIR if em is not None else None)
+        em = self._patcher.entropy_model_dir
+        patcher = self._patcher.config.for_bundle(ENTROPY_SUBDIR if em is not None else None)
         save_bundle(out_dir, model, "blt", patcher=patcher, entropy_model=em)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 
 from .. import config as cfgio
 from ..patching.config import PatcherConfig
+from .data import DataConfig
 
 
 @dataclass
@@ -59,40 +60,12 @@ class ScheduleConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the bytes come from and how they are cut into rows.
-
-    ``train``/``eval`` entries are files or directories (``.txt``: one document a file;
-    ``.jsonl``: one document a line, field ``text_field``), or ``builtin`` for the corpus shipped
-    with bltkit. With no ``eval`` entries, the last ``eval_fraction`` of the training documents is
-    held out (never trained on).
-    """
-
-    train: list[str] = field(default_factory=lambda: ["builtin"])
-    eval: list[str] = field(default_factory=list)
-    eval_fraction: float = 0.05
-    text_field: str = "text"
-    limit_bytes: Optional[int] = None  # read at most this many bytes of training text
-    seq_len: int = 256  # input bytes a row (N); rows carry N + 1 bytes (inputs + last target)
-    batch_size: int = 8  # rows an optimiser step, over all ranks and accumulation steps
-    eval_rows: int = 32  # held-out rows scored at each evaluation (the first ones, fixed)
-    shuffle: bool = True
-
-    def validate(self) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
-        if self.batch_size < 1 or self.eval_rows < 1:
-            raise ValueError(f"data.batch_size {self.batch_size} and data.eval_rows {self.eval_rows} must be >= 1")
-        if not self.eval and not 0 < self.eval_fraction < 1:
-            raise ValueError(f"data.eval_fraction must be in (0, 1) when data.eval is empty, got {self.eval_fraction}")
-        if not self.train:
-            raise ValueError("data.train lists no sources")
-
-
-@dataclass
 class TrainConfig:
     """A whole run. ``model`` is a shipped config name of the kind (``tiny``) or a YAML path;
     ``model_overrides`` are ``key=value`` strings applied to it."""
+
+    RENAMED = {"stream": "data (the one data pipeline: stream.sources -> data.train, stream.heldout_fraction -> "
+                         "data.eval_fraction, the other keys as they were)"}
 
     kind: Literal["blt", "entropy", "bytelm", "hnet"] = "blt"
     model: str = "tiny"
@@ -101,16 +74,12 @@ class TrainConfig:
     # calibrated patcher.yaml (bltkit.patching.resolve_patcher), else their defaults.
     patcher: PatcherConfig = field(default_factory=lambda: PatcherConfig(scheme="static", patch_size=4))
     task: dict[str, Any] = field(default_factory=dict)  # kind-specific settings (read by the task)
-    data: DataConfig = field(default_factory=DataConfig)
-    # The data pipeline's streaming loader instead of in-memory rows: a ``bltkit.data.loader.DataConfig``
-    # mapping (sources, mixture weights, packing bytes|patches, shuffle buffer...). Its batch_size
-    # and seq_len win; ``data.eval_rows`` still caps the held-out rows.
-    stream: Optional[dict[str, Any]] = None
+    data: DataConfig = field(default_factory=DataConfig)  # sources, held-out split, packing (data.py)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     steps: int = 100
     grad_accum: int = 1  # micro-batches an optimiser step (per rank)
-    seed: int = 777
+    seed: int = 777  # the initial weights and the data order (mixture draws, row shuffle)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each transformer block
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp under torchrun

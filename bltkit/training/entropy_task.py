@@ -2,7 +2,8 @@
 
 The entropy model is a plain byte LM, ``model(ids) -> logits``, trained with the same loop as
 BLT on the same packed rows (no patch lengths). Unlike the reference's BYTES packing, the final
-target of a row is a real next byte, never a masked pad (docs/reference-semantics.md §12.2; batches.py). FLOPs are a
+target of a row is a real next byte by default (``data.final_target: next``), never a masked pad
+(docs/reference-semantics.md §12.2; data.py). FLOPs are a
 plain LM's: blocks with the local window cut at documents, plus the head (flops.py). The finished
 run directory is a bundle of kind ``entropy`` whose ``model/`` (config.yaml + model.safetensors)
 loads with ``EntropyModel.from_pretrained``; ``model:`` names a config under ``configs/entropy/``.
@@ -19,21 +20,17 @@ from .. import config as cfgio
 from ..bundle import save_bundle
 from .config import TrainConfig
 from .flops import lm_forward_flops, training_flops
-from .packed_task import PackedDataTask
-from .task import instantiate_with_state, masked_nats
+from .task import Task, instantiate_with_state, masked_nats
 
 
-class EntropyTask(PackedDataTask):
+class EntropyTask(Task):
     kind = "entropy"
 
     def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
         from entropy_model.model import load_entropy_config
 
         super().__init__(cfg, config_dir)
-        path = cfg.model
-        if config_dir is not None and not Path(path).exists() and (config_dir / path).is_file():
-            path = str(config_dir / path)
-        self.model_cfg = load_entropy_config(path, cfg.model_overrides)
+        self.model_cfg = load_entropy_config(self.resolve_path(cfg.model), cfg.model_overrides)
 
     def build_model(self) -> nn.Module:
         from entropy_model.model import EntropyModel

@@ -29,11 +29,10 @@ from .. import config as cfgio
 from ..bundle import save_bundle
 from .config import TrainConfig
 from .flops import hnet_forward_flops, training_flops
-from .packed_task import PackedDataTask
-from .task import instantiate_with_state, masked_nats
+from .task import Task, instantiate_with_state, masked_nats
 
 
-class HNetTask(PackedDataTask):
+class HNetTask(Task):
     kind = "hnet"
 
     def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
@@ -44,10 +43,7 @@ class HNetTask(PackedDataTask):
             raise ValueError(f"the run config's task: is not read by kind 'hnet' (got keys {sorted(cfg.task)}); "
                              f"the chunking settings live in the model config (chunking.target_ratio, "
                              f"chunking.ratio_loss_weight)")
-        path = cfg.model
-        if config_dir is not None and not Path(path).exists() and (config_dir / path).is_file():
-            path = str(config_dir / path)
-        self.model_cfg = load_hnet_config(path, cfg.model_overrides)
+        self.model_cfg = load_hnet_config(self.resolve_path(cfg.model), cfg.model_overrides)
         self._micro: list[dict[str, Any]] = []  # what this step's loss calls saw (step_stats reads it)
         self._step: dict[str, Any] = {"flops": 0, "chunks": 0}
 

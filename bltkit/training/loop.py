@@ -33,7 +33,7 @@ from torch import nn
 from .. import config as cfgio
 from ..runtime import autocast, autocast_dtype
 from . import checkpoint as ckpt
-from .batches import split_micro
+from ..patching.lengths import trim_zero_columns
 from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_sum, barrier, grad_sync, init_distributed, resolve_mode, shutdown, wrap_model
 from .metrics import MetricsWriter
@@ -73,6 +73,21 @@ def evaluate(task: Task, model: nn.Module, batches: list[dict[str, torch.Tensor]
         count += n.double()
     model.train(was_training)
     return float(nats / (LN2 * count.clamp(min=1)))
+
+
+def split_micro(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    """Split a batch's rows into ``n`` micro-batches (gradient accumulation)."""
+    b = batch["ids"].shape[0]
+    if b % n:
+        raise ValueError(f"rows a rank a step ({b}) are not divisible by grad_accum {n}")
+    m = b // n
+    out = []
+    for i in range(n):
+        mb = {k: v[i * m:(i + 1) * m] for k, v in batch.items()}
+        if "patch_lengths" in mb:
+            mb["patch_lengths"] = trim_zero_columns(mb["patch_lengths"])
+        out.append(mb)
+    return out
 
 
 def _full_state(model: nn.Module, optimizer, env: DistEnv, mode: str) -> tuple[dict, dict]:
@@ -335,7 +350,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, force: bool, config_dir: O
                 rec: dict[str, Any] = {
                     "step": step, "loss": loss, "lr": lr, "bytes": bytes_total, "flops": flops_total,
                     "bytes_per_s": (bytes_total - bytes_last) / max(now - t_last, 1e-9),
-                    "grad_norm": gnorm, "epoch": loader.epoch(step) if hasattr(loader, "epoch") else None,
+                    "grad_norm": gnorm, "epoch": loader.epoch,
                 }
                 n_p = float(stats[2])
                 if n_p > 0:

@@ -1,6 +1,6 @@
 """The run's document patcher, from its ``patcher:`` settings (docs/patching.md).
 
-``make_patch_fn(cfg.patcher, config_dir)`` resolves the settings with the one resolution
+``document_patcher(cfg.patcher, config_dir)`` resolves the settings with the one resolution
 (``bltkit.patching.resolve_patcher``: the entropy model's calibrated ``patcher.yaml`` under the
 run's values; relative paths also beside the run config) and returns a
 ``bltkit.patching.DocumentPatcher``. With ``precomputed: DIR`` the entropies come from
@@ -18,7 +18,7 @@ from ..patching.config import PatcherConfig, resolve_patcher
 from ..patching.documents import DocumentPatcher
 
 
-def make_patch_fn(patcher: PatcherConfig | dict, config_dir: Optional[Path] = None) -> DocumentPatcher:
+def document_patcher(patcher: PatcherConfig | dict, config_dir: Optional[Path] = None) -> DocumentPatcher:
     """The document patcher of the run's ``patcher`` settings (a config or its mapping)."""
     from .. import config as cfgio
 
@@ -31,4 +31,4 @@ def make_patch_fn(patcher: PatcherConfig | dict, config_dir: Optional[Path] = No
     return DocumentPatcher.from_config(cfg, scores=shards)
 
 
-__all__ = ["make_patch_fn"]
+__all__ = ["document_patcher"]

@@ -9,8 +9,7 @@ on-the-fly patching also rounds entropies to float16 by default (patch_source.py
 either way are equal, bit for bit.
 
 Documents are found by **content** (a hash of their bytes), so the same lookup serves the
-in-memory packer (which sees only ids) and the streaming loader, whatever order, mixture or
-held-out split reads them. What is checked, each with an error naming the mismatch:
+loader whatever order, mixture or held-out split reads them. What is checked, each with an error naming the mismatch:
 
 - the directory is a finished precompute (``index.json``, ``finished: true``);
 - it was made with the run's entropy model (the fingerprint of ``model.safetensors``);
@@ -26,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..data.sources import is_path_spec
 from ..data.vocab import OFFSET
 
 
@@ -43,7 +43,7 @@ def _same_source(a: str, b: str) -> bool:
     """Source specs naming the same data: equal names, or local paths that resolve alike."""
     if a == b:
         return True
-    if a.startswith(("builtin", "hf:")) or b.startswith(("builtin", "hf:")):
+    if not (is_path_spec(a) and is_path_spec(b)):
         return False
     return Path(a).resolve() == Path(b).resolve()
 

@@ -1,8 +1,9 @@
 """The ``Task`` interface: what one model kind tells the single training loop (loop.py).
 
-A task owns everything that differs between model kinds: which model to build, how its batches
-are made, how its loss is computed, what its FLOPs are and how the finished model is saved. The
-loop owns everything else (optimiser, schedule, accumulation, precision, parallelism, evaluation,
+A task owns everything that differs between model kinds: which model to build, which patcher (if
+any) its batches carry, how its loss is computed, what its FLOPs are and how the finished model
+is saved. Batches come from the one data pipeline (data.py) for every kind. The loop owns
+everything else (optimiser, schedule, accumulation, precision, parallelism, evaluation,
 checkpoints, metrics). New kinds register a ``"module:Class"`` in ``TASKS`` (or call
 ``register_task``) and plug into ``bltkit train`` with no second loop.
 
@@ -22,8 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import config as cfgio
+from ..patching.documents import DocumentPatcher
 from ..registry import resolve
 from .config import TrainConfig
+from .data import DataLoader, heldout_batches
 
 # kind -> "module:Class"
 TASKS: dict[str, str] = {
@@ -68,6 +72,12 @@ class Task(ABC):
     def __init__(self, cfg: TrainConfig, config_dir: Optional[Path] = None):
         self.cfg = cfg
         self.config_dir = config_dir
+        self.data = cfg.data.resolved(config_dir)  # the run's data, relative paths found
+
+    def resolve_path(self, path: str) -> str:
+        """A path named in the run config: as given, else beside the config (``bltkit.config.resolve_path``;
+        a shipped config name found nowhere passes through)."""
+        return str(cfgio.resolve_path(path, self.config_dir))
 
     # ---- model ----------------------------------------------------------------------------------
     @abstractmethod
@@ -85,14 +95,18 @@ class Task(ABC):
         return [m for m in model.modules() if isinstance(m, TransformerBlock)]
 
     # ---- data -----------------------------------------------------------------------------------
-    @abstractmethod
-    def train_batches(self, rank: int, world_size: int) -> Any:
-        """An iterator of this rank's share of each step's batch with ``state_dict`` /
-        ``load_state_dict`` (the loader state saved in checkpoints)."""
+    def patcher(self) -> Optional[DocumentPatcher]:
+        """The document patcher whose lengths the batches carry; None for byte-level models."""
+        return None
 
-    @abstractmethod
+    def train_batches(self, rank: int, world_size: int) -> DataLoader:
+        """This rank's share of each step's batch, with ``state_dict`` / ``load_state_dict`` (the
+        loader state saved in checkpoints)."""
+        return DataLoader(self.data, self.patcher(), seed=self.cfg.seed, rank=rank, world_size=world_size)
+
     def eval_batches(self) -> list[dict[str, torch.Tensor]]:
         """Held-out batches, fixed across evaluations (every rank scores all of them)."""
+        return heldout_batches(self.data, self.patcher())
 
     # ---- objective and accounting -----------------------------------------------------------------
     @abstractmethod
