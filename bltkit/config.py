@@ -121,7 +121,7 @@ def from_dict(cls: Type[T], data: dict | None, source: str | None = None, prefix
             path = f"{prefix}.{key}" if prefix else key
             if key in renamed:
                 raise ConfigError(f"key {_where(path, source)} is no longer read: it is now {renamed[key]}; "
-                                  f"rename it in the file")
+                                  f"rename it", key=path)
             raise ConfigError(
                 f"unknown key {_where(path, source)}; {cls.__name__} accepts: {', '.join(sorted(fields))}", key=path
             )

@@ -14,7 +14,7 @@ from bltkit.data.sources import (DataSource, DocumentStream, Mixture, SourceConf
 from bltkit.data.vocab import BOS_ID, EOS_ID, decode_bytes
 from bltkit.patching import DocumentPatcher, Patcher, PatcherConfig
 from bltkit.patching.lengths import validate_patch_lengths
-from bltkit.training.config import train_config_from_dict
+from bltkit.training.config import load_train_config, train_config_from_dict
 from bltkit.training.data import DataConfig, DataLoader, heldout_batches
 from bltkit.training.patch_source import document_patcher
 
@@ -369,10 +369,12 @@ def test_data_config_from_dict():
         from_dict(DataConfig, {"max_bytes": 64})  # only cuts patch-packed rows
 
 
-@pytest.mark.parametrize("old, new", [("sources", "data.train"), ("heldout_fraction", "data.eval_fraction"),
-                                      ("shuffle", "data.shuffle_buffer"), ("seed", "top-level 'seed'")])
+@pytest.mark.parametrize("old, new", [("sources", "'data.train'"), ("heldout_fraction", "'data.eval_fraction'"),
+                                      ("shuffle", "'data.shuffle_buffer'"), ("seed", "top-level 'seed'")])
 def test_removed_data_keys_name_their_replacement(old, new):
     with pytest.raises(ConfigError, match=rf"'data\.{old}' in run.yaml is no longer read: it is now .*{re.escape(new)}"):
         train_config_from_dict({"data": {old: 1}}, source="run.yaml")
-    with pytest.raises(ConfigError, match=r"'stream' in run.yaml is no longer read: it is now data"):
+    with pytest.raises(ConfigError, match=r"'stream' in run.yaml is no longer read: it is now 'data'"):
         train_config_from_dict({"stream": {"sources": ["builtin"]}}, source="run.yaml")
+    with pytest.raises(ConfigError, match=r"'data.sources' in --set data.sources=\[builtin\] is no longer read"):
+        load_train_config("tiny", ["data.sources=[builtin]"])

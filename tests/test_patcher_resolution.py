@@ -66,7 +66,8 @@ def _run_config(scheme, em, f, **patcher):
     return train_config_from_dict({
         "kind": "blt", "model": "tiny", "model_overrides": ["hash.vocab=257", "global_model.n_layers=1", "decoder.n_layers=1"],
         "patcher": dict(scheme=scheme, entropy_model=str(em), **patcher),  # threshold, max length: patcher.yaml's
-        "data": {"train": [str(f)], "eval": [str(f)], "seq_len": n, "batch_size": 1, "eval_rows": 1},
+        "data": {"train": [str(f)], "eval": [str(f)], "seq_len": n, "batch_size": 1, "eval_rows": 1,
+                 "shuffle_buffer": 1},  # the first batch is the first row
         "steps": 1, "eval_every": 0, "checkpoint_every": 0, "progress": False})
 
 
@@ -78,7 +79,7 @@ def test_one_calibrated_bundle_patches_alike_everywhere(calibrated, text, tmp_pa
     # Training batches: the run's one row is the document BOS + text + EOS.
     cfg = _run_config(scheme, em, f)
     train(cfg, tmp_path / "run")
-    row = build_task(cfg).train_batches(0, 1).batch(0)["patch_lengths"][0]
+    row = next(build_task(cfg).train_batches(0, 1))["patch_lengths"][0]
     doc = [int(v) for v in row if v > 0]
     assert sum(doc) == len(text) + 2 and max(doc) == MAX_LEN and len(set(doc)) > 2  # varied, and capped
     prefix = _cut(doc, len(text) + 1)  # the same rule on BOS + text (patching is causal)
@@ -88,7 +89,7 @@ def test_one_calibrated_bundle_patches_alike_everywhere(calibrated, text, tmp_pa
     assert index["patcher"] == cal.rule()
     assert index["stats"][str(f)]["histogram"] == {str(k): v for k, v in length_histogram(torch.tensor([doc])).items()}
     pre = build_task(_run_config(scheme, em, f, precomputed=str(tmp_path / "shards")))
-    assert pre.train_batches(0, 1).batch(0)["patch_lengths"][0].tolist() == row.tolist()
+    assert next(pre.train_batches(0, 1))["patch_lengths"][0].tolist() == row.tolist()
 
     # A bundle whose bundle.yaml names only the scheme: the threshold and the maximum length still
     # come from the entropy model's patcher.yaml, for every reader of the bundle.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from .. import config as cfgio
 from ..patching.config import PatcherConfig
@@ -64,8 +64,9 @@ class TrainConfig:
     """A whole run. ``model`` is a shipped config name of the kind (``tiny``) or a YAML path;
     ``model_overrides`` are ``key=value`` strings applied to it."""
 
-    RENAMED = {"stream": "data (the one data pipeline: stream.sources -> data.train, stream.heldout_fraction -> "
-                         "data.eval_fraction, the other keys as they were)"}
+    RENAMED: ClassVar[dict[str, str]] = {
+        "stream": "'data' (the one data pipeline: stream.sources -> data.train, stream.heldout_fraction -> "
+                  "data.eval_fraction, the other keys as they were)"}
 
     kind: Literal["blt", "entropy", "bytelm", "hnet"] = "blt"
     model: str = "tiny"

@@ -31,7 +31,7 @@ import dataclasses
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional, Union
+from typing import ClassVar, Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -53,10 +53,11 @@ class DataConfig:
     lists every key."""
 
     # Old keys, each with the key that replaced it (bltkit.config.from_dict names both).
-    RENAMED = {"sources": "data.train (spec strings or {path, weight, ...} mappings)",
-               "heldout_fraction": "data.eval_fraction",
-               "shuffle": "data.shuffle_buffer (rows shuffled together; 1 keeps the packing order)",
-               "seed": "the run's seed (top-level 'seed'), which seeds the data order too"}
+    RENAMED: ClassVar[dict[str, str]] = {
+        "sources": "'data.train' (spec strings or {path, weight, ...} mappings)",
+        "heldout_fraction": "'data.eval_fraction'",
+        "shuffle": "'data.shuffle_buffer' (rows shuffled together; 1 keeps the packing order)",
+        "seed": "the run's top-level 'seed', which seeds the data order too"}
 
     train: list[Union[SourceConfig, str]] = field(default_factory=lambda: ["builtin"])
     eval: list[Union[SourceConfig, str]] = field(default_factory=list)
@@ -312,10 +313,12 @@ def heldout_batches(cfg: DataConfig, patcher: Optional[DocumentPatcher] = None, 
             packer.add(ids, pl)
             rows.extend(packer.pop_rows())
     rows = rows[:n_rows]
+    if not rows and cfg.eval:
+        raise ValueError(f"data.eval {[s.path for s in cfg.eval]} holds no documents (empty files?): give held-out "
+                         f"text there, or leave data.eval empty to hold out data.eval_fraction of data.train")
     if not rows:
-        where = [s.path for s in cfg.eval] if cfg.eval else [s.path for s in cfg.train]
-        raise ValueError(f"no held-out documents in {where} (data.eval_fraction={cfg.eval_fraction}): "
-                         f"give data.eval, or raise data.eval_fraction")
+        raise ValueError(f"no held-out documents for data.train {[s.path for s in cfg.train]} (data.eval_fraction="
+                         f"{cfg.eval_fraction}): give data.eval or raise data.eval_fraction")
     return [_finish(cfg, rows[i:i + bs]) for i in range(0, len(rows), bs)]
 
 
