@@ -295,6 +295,24 @@ def test_loader_deterministic_and_exact_resume(two_sources):
         other.load_state_dict(first.state_dict())
 
 
+def test_shifted_targets_resume_exactly(two_sources):
+    """The fixed-K patch phase's rows (target_shift=K): targets are the bytes K ahead, and the
+    loader state continues them exactly."""
+    a, b = two_sources
+    cfg = DataConfig(train=[a, b], seq_len=16, batch_size=2, shuffle_buffer=3)
+    first = DataLoader(cfg, seed=1, target_shift=4)
+    batch = next(first)
+    assert torch.equal(batch["targets"][:, :-4], batch["ids"][:, 4:]) and bool(batch["mask"].all())
+    state = first.state_dict()
+    resumed = DataLoader(cfg, seed=1, target_shift=4)
+    resumed.load_state_dict(state)
+    for _ in range(3):
+        x, y = next(first), next(resumed)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    with pytest.raises(ValueError, match="target_shift=4, this loader has target_shift=1"):
+        DataLoader(cfg, seed=1).load_state_dict(state)
+
+
 def test_rank_shares_equal_single_process_batch():
     cfg = DataConfig(packing="patches", seq_len=12, batch_size=6, shuffle_buffer=4)
     fn = static_patches(3)

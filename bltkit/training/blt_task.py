@@ -34,6 +34,7 @@ class BLTTask(Task):
         self.model_cfg: BLTConfig = load_blt_config(self.resolve_path(cfg.model), cfg.model_overrides)
         self._patcher = document_patcher(cfg.patcher, config_dir)  # fails early on bad settings
         self._patcher.check_sources(patched_sources(self.data))  # precomputed entropies must cover them
+        self._em_config = None  # the entropy model's config, read on first use (its patching FLOPs)
 
     def patcher(self) -> DocumentPatcher:
         return self._patcher
@@ -60,7 +61,7 @@ class BLTTask(Task):
         em = self._patcher.entropy_model_dir
         if em is None:  # no entropy model, no patching cost
             return {}
-        if getattr(self, "_em_config", None) is None:
+        if self._em_config is None:
             from entropy_model.model import EntropyModelConfig
 
             from ..weights import CONFIG_FILE

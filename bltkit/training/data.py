@@ -93,9 +93,10 @@ class DataConfig:
             raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if self.max_bytes is not None and (self.max_bytes < 1 or self.packing != "patches"):
             raise ValueError(f"data.max_bytes {self.max_bytes}: a cut of patch-packed rows (packing: patches), >= 1")
-        for name in ("batch_size", "eval_rows", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name, value in (("batch_size", self.batch_size), ("eval_rows", self.eval_rows),
+                            ("shuffle_buffer", self.shuffle_buffer)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
 
     @property
     def hash_fraction(self) -> float:
@@ -168,6 +169,11 @@ def _packer(cfg: DataConfig, with_patches: bool, shift: int = 1):
     return BytePacker(cfg.seq_len, with_patches=with_patches, final_target=cfg.final_target, shift=shift)
 
 
+def _group(patcher: Optional[DocumentPatcher]) -> int:
+    """Documents patched in one pass: ``PATCH_GROUP`` when a scorer runs over every byte, else 1."""
+    return PATCH_GROUP if patcher is not None and patcher.config.needs_scores else 1
+
+
 def _patched(docs: list[tuple[str, int, bytes]], patcher: Optional[DocumentPatcher]
              ) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """(ids, patch lengths or None) of each (source, index, document), patched in one pass."""
@@ -208,7 +214,7 @@ class DataLoader:
                              f"world size {world_size}")
         self.cfg, self.seed, self.rank, self.world_size, self.shift = cfg, seed, rank, world_size, target_shift
         self.patcher = patcher
-        self.group = PATCH_GROUP if patcher is not None and patcher.config.needs_scores else 1
+        self.group = _group(patcher)
         self.sources = [DataSource(s) for s in cfg.train]
         self.mixture = Mixture(self.sources, [s.weight for s in cfg.train], seed=seed,
                                heldout_fraction=cfg.hash_fraction, limit_bytes=cfg.limit_bytes)
@@ -301,7 +307,7 @@ def heldout_batches(cfg: DataConfig, patcher: Optional[DocumentPatcher] = None, 
     packer = _packer(cfg, with_patches=patcher is not None)
     n_rows = cfg.eval_rows if max_rows is None else max_rows
     bs = batch_size or cfg.batch_size
-    group = PATCH_GROUP if patcher is not None and patcher.config.needs_scores else 1
+    group = _group(patcher)
     rows: list[Row] = []
     docs = heldout_documents(cfg)
     while len(rows) < n_rows:
