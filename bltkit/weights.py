@@ -2,7 +2,8 @@
 
 A model directory is ``DIR/config.yaml`` (the model's typed config as plain YAML) and
 ``DIR/model.safetensors`` (its state dict). Every model kind (``ByteLatentTransformer``, the entropy
-model, ``ByteLM``) saves and loads through this module, and so do the converters (``bltkit.interop``)
+model, ``ByteLM``, ``HNet``) saves and loads through this module (its ``Pretrained`` mixin gives
+each the same ``save_pretrained`` / ``from_pretrained``), and so do the converters (``bltkit.interop``)
 and the trainers' ``init_from``. Writes are atomic (temporary name, then rename); reads check every
 tensor against the model (names, shapes, floating-point dtypes, finite values) and raise
 ``ValueError`` naming the offending tensor and file. Only YAML/JSON and safetensors are read:
@@ -131,3 +132,27 @@ def load_pretrained(directory: str | os.PathLike, parse_config: Callable[[dict, 
     with torch.device("meta"):
         model = build(cfg)
     return load_weights_into(model, d / WEIGHTS_FILE, device=device, dtype=dtype)
+
+
+class Pretrained:
+    """``save_pretrained`` / ``from_pretrained`` for a module whose typed config is ``self.config``.
+
+    A model kind mixes this in and names its config dataclass (``config_class``, parsed with
+    unknown keys rejected) and what its directory is called in errors (``kind_name``)."""
+
+    config_class: type
+    kind_name: str = "model"
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.yaml`` and ``model.safetensors``, each atomically; other files in the
+        directory (a ``patcher.yaml``) are left alone."""
+        save_config_and_weights(self, self.config, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: Optional[torch.dtype] = None):
+        """Load a directory written by ``save_pretrained``. A missing directory or file raises
+        ``FileNotFoundError`` naming it; a missing, unexpected or mis-shaped tensor raises
+        ``ValueError`` naming the tensor and the file."""
+        return load_pretrained(directory, lambda data, src: cfgio.from_dict(cls.config_class, data, source=src), cls,
+                               device=device, dtype=dtype, what=cls.kind_name)

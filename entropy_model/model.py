@@ -73,7 +73,10 @@ def load_entropy_config(name_or_path: str | os.PathLike, overrides: Optional[lis
                               overrides, flag="model_overrides")[0]
 
 
-class EntropyModel(nn.Module):
+class EntropyModel(weights.Pretrained, nn.Module):
+    config_class = EntropyModelConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
+    kind_name = "entropy model"
+
     def __init__(self, config: EntropyModelConfig):
         super().__init__()
         config.validate()
@@ -158,18 +161,3 @@ class EntropyModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    # ---- persistence: DIR/config.yaml + DIR/model.safetensors --------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.yaml`` and ``model.safetensors`` (each atomically, ``bltkit.weights``); a
-        ``patcher.yaml`` already in the directory is left alone."""
-        weights.save_config_and_weights(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: Optional[torch.dtype] = None) -> "EntropyModel":
-        """Load a directory written by ``save_pretrained``. A missing directory or file raises
-        ``FileNotFoundError`` naming it; a missing, unexpected or mis-shaped tensor raises
-        ``ValueError`` naming the tensor and the file."""
-        return weights.load_pretrained(directory, lambda data, src: cfgio.from_dict(EntropyModelConfig, data, source=src),
-                                       cls, device=device, dtype=dtype, what="entropy model")

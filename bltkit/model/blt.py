@@ -37,7 +37,10 @@ from .local_decoder import LocalDecoder
 from .local_encoder import LocalEncoder
 from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask
 
-class ByteLatentTransformer(nn.Module):
+class ByteLatentTransformer(weights.Pretrained, nn.Module):
+    config_class = BLTConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
+    kind_name = "BLT model"
+
     def __init__(self, config: BLTConfig):
         super().__init__()
         self.config = config
@@ -257,18 +260,6 @@ class ByteLatentTransformer(nn.Module):
         """Parameter count; ``exclude_embeddings`` drops the byte and hash embedding tables."""
         skip = {id(self.encoder_hash_tok_embedding.weight), id(self.local_encoder.tok_embeddings.weight)} if exclude_embeddings else set()
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
-
-    # ---- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """``config.yaml`` + ``model.safetensors`` (``bltkit.weights``), each written atomically."""
-        weights.save_config_and_weights(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: Optional[torch.dtype] = None) -> "ByteLatentTransformer":
-        """Load a directory written by ``save_pretrained``; every tensor is checked (``bltkit.weights``)."""
-        return weights.load_pretrained(directory, lambda data, src: cfgio.from_dict(BLTConfig, data, source=src),
-                                       cls, device=device, dtype=dtype, what="BLT model")
 
 
 def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

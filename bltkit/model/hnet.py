@@ -26,7 +26,6 @@ network steps only for the new chunks, and the smoothing continues from its carr
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -39,7 +38,7 @@ from ..nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_no
 from ..nn.chunking import ResidualProjection, Routing, RoutingModule, combine, downsample, ema_scan, upcast, upsample
 from ..nn.masks import document_ids, local_causal_mask, local_self_mask
 from .hnet_cache import HNetCache
-from .hnet_config import HNetConfig, hnet_config_from_dict
+from .hnet_config import HNetConfig
 
 SLOT_MULTIPLE = 16  # chunk slots a row are the batch's largest count rounded up to this (fewer shapes)
 
@@ -87,7 +86,10 @@ def forced_starts(ids: torch.Tensor, doc_reset: bool, prev_eos: Optional[torch.T
     return torch.cat([s[:, :1] | head[:, None], s[:, 1:]], dim=1)
 
 
-class HNet(nn.Module):
+class HNet(weights.Pretrained, nn.Module):
+    config_class = HNetConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
+    kind_name = "H-Net model"
+
     def __init__(self, config: HNetConfig):
         super().__init__()
         config.validate()
@@ -226,17 +228,6 @@ class HNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.yaml`` and ``model.safetensors`` (each atomically, ``bltkit.weights``)."""
-        weights.save_config_and_weights(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: Optional[torch.dtype] = None) -> "HNet":
-        """Load a directory written by ``save_pretrained`` (``bltkit.weights.load_pretrained``)."""
-        return weights.load_pretrained(directory, hnet_config_from_dict, cls, device=device, dtype=dtype,
-                                       what="H-Net model")
 
 
 __all__ = ["HNet", "HNetOutput", "HNetStack", "forced_starts"]

@@ -51,12 +51,19 @@ def text_view(data: bytes, lengths: Sequence[int], entropies: Optional[Sequence[
         if len(entropies) != n:
             raise ValueError(f"{len(entropies)} entropies for a text of {n} bytes")
         out.append(f"{'patch':>5} {'bytes':>5}  {'max H':>6}  text / entropy of each byte's prediction (nats)")
-        start = 0
-        for k, (length, p) in enumerate(zip(lengths, pieces)):
-            seg = [float(v) for v in entropies[start:start + length]]
-            out.append(f"{k:>5} {length:>5}  {max(seg):6.3f}  {shown(p)!s:<16} " + " ".join(f"{v:.2f}" for v in seg))
-            start += length
+        out += _per_piece(lengths, pieces, entropies, with_max=True)
     return "\n".join(out)
+
+
+def _per_piece(lengths: Sequence[int], pieces: list[bytes], values: Sequence[float], with_max: bool) -> list[str]:
+    """One line a patch or chunk: its index, length, (the largest value,) text and each byte's value."""
+    lines, start = [], 0
+    for k, (length, p) in enumerate(zip(lengths, pieces)):
+        seg = [float(v) for v in values[start:start + length]]
+        top = f"{max(seg):6.3f}  " if with_max else ""
+        lines.append(f"{k:>5} {length:>5}  {top}{shown(p)!s:<16} " + " ".join(f"{v:.2f}" for v in seg))
+        start += length
+    return lines
 
 
 def learned_view(data: bytes, lengths: Sequence[int], probs: Sequence[float]) -> str:
@@ -70,12 +77,7 @@ def learned_view(data: bytes, lengths: Sequence[int], probs: Sequence[float]) ->
     out = [f"learned (H-Net router): {n} bytes in {len(lengths)} chunks, mean {mean:.2f} bytes a chunk",
            "|" + "|".join(shown(p) for p in pieces) + "|",
            f"{'chunk':>5} {'bytes':>5}  text / boundary probability p of each byte"]
-    start = 0
-    for k, (length, p) in enumerate(zip(lengths, pieces)):
-        seg = [float(v) for v in probs[start:start + length]]
-        out.append(f"{k:>5} {length:>5}  {shown(p)!s:<16} " + " ".join(f"{v:.2f}" for v in seg))
-        start += length
-    return "\n".join(out)
+    return "\n".join(out + _per_piece(lengths, pieces, probs, with_max=False))
 
 
 __all__ = ["text_view", "learned_view", "describe_rule", "shown", "split"]

@@ -15,7 +15,6 @@ RoPE positions count patches in the patch phase and bytes otherwise (no rescalin
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import torch
@@ -30,7 +29,7 @@ from ..nn import RMSNorm, trunc_normal_
 from ..nn.kv_cache import StackCache
 from ..nn.masks import local_causal_mask
 from ..nn.rope import rope_angles
-from .config import ByteLMConfig, bytelm_config_from_dict
+from .config import ByteLMConfig
 
 
 def check_patch_size(patch_size: int, n_bytes: int) -> None:
@@ -49,7 +48,10 @@ def patch_documents(ids: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patch_document_ids(ids, pid, n // patch_size)
 
 
-class ByteLM(nn.Module):
+class ByteLM(weights.Pretrained, nn.Module):
+    config_class = ByteLMConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
+    kind_name = "byte LM"
+
     def __init__(self, config: ByteLMConfig):
         super().__init__()
         self.config = config
@@ -130,17 +132,6 @@ class ByteLM(nn.Module):
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         skip = {id(self.tok_embeddings.weight)} if exclude_embeddings else set()
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """``config.yaml`` + ``model.safetensors`` (``bltkit.weights``), each written atomically."""
-        weights.save_config_and_weights(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: Optional[torch.dtype] = None) -> "ByteLM":
-        """Load a directory written by ``save_pretrained``; every tensor is checked (``bltkit.weights``)."""
-        return weights.load_pretrained(directory, bytelm_config_from_dict, cls, device=device, dtype=dtype,
-                                       what="byte LM")
 
 
 __all__ = ["ByteLM", "check_patch_size", "patch_documents"]
