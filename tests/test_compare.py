@@ -10,6 +10,7 @@ from bltkit import config as cfgio
 from bltkit.bundle import load_bundle_models, save_bundle
 from bltkit.cli import main
 from bltkit.compare.config import CompareConfig, load_compare_config
+from bltkit.compare.report import plot_series
 from bltkit.compare.runner import run_compare
 from bltkit.patching import PatcherConfig
 from bltkit.training.blt_init import apply_blt_init
@@ -54,6 +55,8 @@ def test_cli_unknown_variant_exits_2(tmp_path, capsys):
      r"'variants\[0\].patcher' in test.yaml: scheme 'static' takes no threshold \(got 1.0\)"),
     ({"name": "x", "kind": "blt", "patcher": {"scheme": "space"}, "patch_phase_patcher": {"scheme": "static", "patch_size": 0}},
      r"'variants\[0\].patch_phase_patcher' in test.yaml: patch_size must be >= 1, got 0"),
+    ({"name": "x", "kind": "hnet", "patcher": {"scheme": "space"}}, "an hnet variant chooses its own chunks"),
+    ({"name": "x", "kind": "hnet", "patch_size": 4, "patch_fraction": 0.5}, "no patcher .* patch_fraction"),
 ])
 def test_bad_variant(variant, message):
     with pytest.raises(ValueError, match=message):
@@ -147,15 +150,38 @@ def test_blt_two_phase_and_global_init_run(tmp_path):
     assert meta.kind == "blt" and meta.patcher == PatcherConfig(scheme="space")
 
 
+def test_even_boundaries_and_hnet_planning_cost():
+    """A learned-boundary model is planned at its target: chunks target_ratio real bytes apart,
+    counted as training does (hnet_forward_flops), padding opening none."""
+    from bltkit.model.hnet_config import load_hnet_config
+    from bltkit.training.config import train_config_from_dict
+    from bltkit.training.flops import even_boundaries, hnet_forward_flops, training_flops
+    from bltkit.training.task import build_task
+
+    valid = torch.tensor([[True] * 10 + [False] * 2, [True] * 12])
+    b = even_boundaries(valid, 4.0)
+    assert b[0].nonzero().flatten().tolist() == [0, 4, 8] and b[1].nonzero().flatten().tolist() == [0, 4, 8]
+    assert even_boundaries(torch.ones(1, 9, dtype=torch.bool), 2.5)[0].nonzero().flatten().tolist() == [0, 3, 5, 8]
+    task = build_task(train_config_from_dict({"kind": "hnet", "model": "tiny", "patcher": {},
+                                              "data": {"train": ["builtin/devil"], "seq_len": 32, "batch_size": 4,
+                                                       "limit_bytes": 4000}}))
+    batch = next(task.train_batches(0, 1))
+    even = even_boundaries(batch["mask"].bool(), load_hnet_config("tiny").chunking.target_ratio)
+    want = training_flops(sum(hnet_forward_flops(task.model_cfg, batch["ids"], even).values()))
+    assert task.planning_flops_per_batch(batch) == want > 0
+    assert task.flops_per_batch(batch) == 0  # before a step, the real count is unknown: not what plans
+
+
 def test_shipped_tiny_comparison(tmp_path, capsys):
-    """bltkit compare compare-tiny: five variants at a matched FLOP budget, one bundle each."""
+    """bltkit compare compare-tiny: every variant at a matched FLOP budget, one bundle each."""
     assert main(["compare", "compare-tiny", "--out", str(tmp_path)]) == 0
     cfg, _ = load_compare_config("compare-tiny")
     res = json.loads((tmp_path / "results.json").read_text())
     rows = {r["name"]: r for r in res["variants"]}
     assert list(rows) == [v.name for v in cfg.variants]
     for name, r in rows.items():
-        assert r["training_flops"] == pytest.approx(cfg.budget.value, rel=0.05), name
+        # learned boundaries are planned at their target: what they spend follows what they achieve
+        assert r["training_flops"] == pytest.approx(cfg.budget.value, rel=0.3 if r["target_ratio"] else 0.05), name
         assert math.isfinite(r["heldout_bpb"]) and 0 < r["heldout_bpb"] < 9, name
         assert r["bytes_seen"] > 0 and r["parameters"] > 0 and r["wall_clock_s"] > 0
         meta, model, em = load_bundle_models(tmp_path / name)
@@ -164,12 +190,29 @@ def test_shipped_tiny_comparison(tmp_path, capsys):
     ratio = rows["patch-k4"]["bytes_seen"] / rows["bytes"]["bytes_seen"]
     assert ratio == pytest.approx(1 / relative_cost(4, 0.6667), rel=0.05)
     assert rows["bytes"]["mean_patch_length"] == 1.0 and rows["patch-k4"]["mean_patch_length"] > 1.5
+    assert rows["patch-k4"]["bytes_per_patch"] == 4.0 and rows["bytes"]["bytes_per_patch"] == 1.0
+    for name in ("blt-entropy", "blt-static4", "blt-space"):  # a BLT's own patches: its mean patch length
+        assert rows[name]["bytes_per_patch"] == pytest.approx(rows[name]["mean_patch_length"], rel=0.05), name
+        assert rows[name]["target_ratio"] is None and rows[name]["planned_flops"] == pytest.approx(
+            rows[name]["training_flops"], rel=0.05), name
+    # the H-Net: planned at its target compression to the budget; its bytes a chunk from its metrics
+    h = rows["hnet"]
+    assert h["kind"] == "hnet" and h["target_ratio"] == 4.0
+    assert h["planned_flops"] == pytest.approx(cfg.budget.value, rel=0.05)
+    recs = [r for r in read_metrics(h["dir"]) if "bytes_per_chunk" in r]
+    assert len(recs) == h["phases"][0]["steps"]
+    step_bytes = [b - a for a, b in zip([0] + [r["bytes"] for r in recs], [r["bytes"] for r in recs])]
+    assert h["bytes_per_patch"] == pytest.approx(sum(step_bytes) / sum(n / r["bytes_per_chunk"]
+                                                                         for n, r in zip(step_bytes, recs)))
+    assert h["parameters"] > h["parameters_non_embedding"]
     ent = rows["blt-entropy"]
     assert ent["patcher"]["scheme"] == "entropy" and ent["entropy_flops"] > 0
     assert res["entropy_model"]["calibrated_mean_patch_length"] == pytest.approx(4.5, rel=0.1)
     assert load_bundle_models(tmp_path / "blt-entropy")[2] is not None  # the entropy model travels along
     md = (tmp_path / "results.md").read_text()
     assert all(f"| {n} |" in md for n in rows)
+    assert f"| {h['bytes_per_patch']:.2f} (target 4) |" in md and "planned: hnet" in md
+    assert [label.split(" ")[0] for label, xs, _ in plot_series(res["variants"]) if xs] == list(rows)
     assert (tmp_path / "bpb_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert "held-out bpb" in capsys.readouterr().out
 
@@ -183,10 +226,33 @@ def test_existing_variant_dir_is_refused(tmp_path):
 
 def test_every_shipped_comparison_loads_with_typed_patchers():
     paths = sorted((cfgio.CONFIG_ROOT / "experiments").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["compare-gpu", "compare-tiny"]
+    assert sorted(p.stem for p in paths) == ["compare-gpu", "compare-gpu-learned", "compare-tiny"]
     for p in paths:
         cfg, _ = load_compare_config(p.stem)
         blt = [v for v in cfg.variants if v.kind == "blt"]
         assert {v.patcher.scheme for v in blt} == {"entropy", "static", "space"}, p
         assert all(isinstance(v.patcher, PatcherConfig) for v in blt)
-        assert all(v.patcher is None and v.patch_phase_patcher is None for v in cfg.variants if v.kind == "bytelm")
+        assert all(v.patcher is None and v.patch_phase_patcher is None for v in cfg.variants if v.kind != "blt")
+
+
+def test_gpu_config_has_every_kind_at_matched_flops_a_byte():
+    """compare-gpu-learned holds every variant kind of compare-tiny (one budget), and its H-Net is
+    sized to its BLT's forward FLOPs a byte, each at its target patch or chunk size."""
+    from bltkit.model import load_blt_config
+    from bltkit.model.hnet_config import load_hnet_config
+    from bltkit.training.flops import blt_flops_per_byte, hnet_flops_per_byte
+
+    def kinds(c):
+        return {(v.kind, v.patcher.scheme if v.patcher else None, v.patch_size > 1) for v in c.variants}
+
+    gpu, _ = load_compare_config("compare-gpu-learned")
+    tiny, _ = load_compare_config("compare-tiny")
+    assert kinds(tiny) <= kinds(gpu)
+    blt = next(v for v in gpu.variants if v.kind == "blt" and v.patcher.scheme == "entropy")
+    hnet = next(v for v in gpu.variants if v.kind == "hnet")
+    seq = gpu.base["data"]["seq_len"]
+    hcfg = load_hnet_config(hnet.model, hnet.model_overrides)
+    h = hnet_flops_per_byte(hcfg, hcfg.chunking.target_ratio, seq)["total"]
+    b = blt_flops_per_byte(load_blt_config(blt.model, blt.model_overrides), gpu.entropy.target_mean_patch_length,
+                           seq)["total"]
+    assert h == pytest.approx(b, rel=0.02)

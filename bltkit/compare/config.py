@@ -9,6 +9,8 @@
       - {name: blt-entropy, kind: blt, model: tiny, patcher: {scheme: entropy}}
       - {name: blt-static4, kind: blt, model: tiny, patcher: {scheme: static, patch_size: 4}}
       - {name: blt-space, kind: blt, model: tiny, patcher: {scheme: space}}
+      - {name: blt-learned, kind: blt, model: tiny, patcher: {scheme: learned, target_ratio: 4.5}}
+      - {name: hnet, kind: hnet, model: tiny}                             # H-Net: learned chunks
 
 Every variant reads the same data settings (``base.data``), so all are scored on the same held-out
 rows; a variant's ``set`` overrides (``key=value``, as ``bltkit train --set``) may change its
@@ -21,6 +23,10 @@ run config's ``patcher:`` is: an unknown key or a bad value is refused when the 
 naming the variant's key and the file. They are resolved as every entry point resolves patcher
 settings (``resolve_patcher``, in ``EntropyPatching.resolve``), the comparison's shared entropy model
 and calibrated threshold under the variant's own settings.
+
+A variant whose model chooses its own boundaries (``kind: hnet``, its target compression in its
+model config; a BLT with ``patcher: {scheme: learned, target_ratio: N}``) is planned at its target
+(docs/compare.md).
 """
 from __future__ import annotations
 
@@ -40,8 +46,8 @@ VARIANT_DATA_KEYS = {"data.batch_size"}
 @dataclass
 class VariantConfig:
     name: str = ""
-    kind: Literal["blt", "bytelm"] = "blt"
-    model: str = "tiny"  # a shipped config of the kind (configs/model/ or configs/bytelm/) or a path
+    kind: Literal["blt", "bytelm", "hnet"] = "blt"
+    model: str = "tiny"  # a shipped config of the kind (configs/model/, configs/bytelm/, configs/hnet/) or a path
     model_overrides: list[str] = field(default_factory=list)
     patcher: Optional[PatcherConfig] = None  # blt: static / space / entropy / monotonic / byte
     patch_size: int = 1  # K of the patch phase (bytelm; blt two-phase: the static patch size)
@@ -62,6 +68,11 @@ class VariantConfig:
                                       or self.init_global_from):
             raise ValueError(f"variant {self.name!r}: a bytelm variant takes patch_size / patch_fraction, "
                              f"not patcher / patch_phase_patcher / init_global_from")
+        if self.kind == "hnet" and (self.patcher is not None or self.patch_phase_patcher is not None
+                                    or self.init_global_from or self.patch_size != 1 or self.patch_fraction != 0):
+            raise ValueError(f"variant {self.name!r}: an hnet variant chooses its own chunks (their target is "
+                             f"chunking.target_ratio of its model config, set through model_overrides); it takes "
+                             f"no patcher / patch_phase_patcher / init_global_from / patch_size / patch_fraction")
         for item in self.set:
             key = item.split("=", 1)[0]
             if key.startswith("data.") and key not in VARIANT_DATA_KEYS or key in ("kind", "model", "patcher", "task", "steps", "data"):

@@ -8,6 +8,12 @@ rows of ``base.data`` that every variant shares (docs/measurement.md §1); train
 cumulative count (3 x forward, ``training.flops``); the entropy model's patching FLOPs are
 reported apart (docs/measurement.md §2). ``mean_patch_length`` is training bytes per position of
 the global / backbone model: the BLT's patches, K for a patch phase, 1 for a byte phase.
+``bytes_per_patch`` is the variant's own patch or chunk size: K of a fixed-K run (1 for the byte
+baseline), and for a BLT or H-Net the bytes a patch or chunk its final phase achieved over its
+training steps (the H-Net's logged ``bytes_per_chunk``, the learned BLT's ``bytes_per_patch``,
+else the loop's ``mean_patch_length``), byte-weighted. A model that chooses its own boundaries is
+planned at its ``target_ratio`` (``patchtrain.schedule``); ``planned_flops`` is what the plan
+expected, ``training_flops`` what the run logged (docs/compare.md).
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ class VariantResult:
     mean_patch_length: float
     wall_clock_s: float
     entropy_flops: int = 0
+    bytes_per_patch: float = 1.0  # the variant's patch / chunk size (see the module docstring)
+    target_ratio: Optional[float] = None  # learned boundaries: the compression trained toward
+    planned_flops: int = 0  # the plan's training FLOPs (steps x measured cost a step)
     patch_size: int = 1
     patch_fraction: float = 0.0
     patcher: dict = field(default_factory=dict)
@@ -60,6 +69,8 @@ def variant_train_config(cfg: CompareConfig, v: VariantConfig, source: str,
 def variant_phases(cfg: CompareConfig, v: VariantConfig, source: str, patcher_for, out: Path) -> list[Phase]:
     """The variant's phases before planning. ``patcher_for(PatcherConfig, what) -> PatcherConfig``
     resolves a variant's patcher settings (``EntropyPatching.resolve``)."""
+    if v.kind == "hnet":  # one phase; the model chooses its chunks
+        return [Phase("hnet", variant_train_config(cfg, v, source))]
     if v.kind == "bytelm":
         pt = PatchTrainConfig(patch_size=v.patch_size, patch_fraction=v.patch_fraction,
                               patch_phase=v.patch_phase, byte_phase=v.byte_phase)
@@ -89,11 +100,35 @@ def variant_phases(cfg: CompareConfig, v: VariantConfig, source: str, patcher_fo
     return phases
 
 
-def _count_parameters(bundle_dir: Path) -> tuple[int, int]:
+def _bundle_figures(bundle_dir: Path) -> tuple[int, int, Optional[float]]:
+    """(parameters, non-embedding parameters, target compression of learned boundaries or None)."""
     from ..bundle import load_bundle_models
 
-    _, model, _ = load_bundle_models(bundle_dir)
-    return model.num_parameters(), model.num_parameters(exclude_embeddings=True)
+    meta, model, _ = load_bundle_models(bundle_dir)
+    chunking = getattr(model.config, "chunking", None)  # the hnet kind
+    target = getattr(meta.patcher, "target_ratio", None) if chunking is None else chunking.target_ratio
+    return model.num_parameters(), model.num_parameters(exclude_embeddings=True), target
+
+
+# what a learned-boundary run logs as its achieved compression, by kind; else the loop's figure
+_ACHIEVED_KEYS = ("bytes_per_chunk", "bytes_per_patch", "mean_patch_length")
+
+
+def _bytes_per_patch(v: VariantConfig, res: PhasedResult) -> float:
+    """The variant's patch or chunk size (see the module docstring)."""
+    from ..training.metrics import read_metrics
+
+    if v.kind == "bytelm":
+        return float(v.patch_size) if v.patch_fraction > 0 else 1.0
+    seen, positions, prev = 0.0, 0.0, 0
+    for r in read_metrics(res.phases[-1]["dir"]):
+        key = next((k for k in _ACHIEVED_KEYS if r.get(k)), None)
+        nbytes = int(r.get("bytes") or 0)
+        if key is not None and nbytes > prev:
+            seen += nbytes - prev
+            positions += (nbytes - prev) / float(r[key])
+        prev = max(prev, nbytes)
+    return seen / positions if positions else 1.0
 
 
 def _mean_patch_length(phases: list[Phase], res: PhasedResult) -> float:
@@ -128,11 +163,13 @@ def run_variant(cfg: CompareConfig, v: VariantConfig, out: Path, source: str, co
     for ph in phases:
         ph.config.eval_every = max(1, ph.config.steps // cfg.eval_points)
     res = run_phases(phases, out / v.name, config_dir)
-    params, params_ne = _count_parameters(res.out_dir)
+    params, params_ne, target = _bundle_figures(res.out_dir)
     return VariantResult(
         name=v.name, kind=v.kind, training_flops=res.flops, bytes_seen=res.bytes, parameters=params,
         parameters_non_embedding=params_ne, heldout_bpb=res.bpb, mean_patch_length=_mean_patch_length(phases, res),
-        wall_clock_s=res.wall_s, entropy_flops=_entropy_flops(res), patch_size=v.patch_size,
+        wall_clock_s=res.wall_s, entropy_flops=_entropy_flops(res), bytes_per_patch=_bytes_per_patch(v, res),
+        target_ratio=target, planned_flops=int(sum(ph.config.steps * ph.flops_per_step for ph in phases)),
+        patch_size=v.patch_size,
         patch_fraction=v.patch_fraction, patcher=_set_values(phases[-1].config.patcher) if v.kind == "blt" else {},
         dir=str(res.out_dir), phases=res.phases, curve=res.curve)
 

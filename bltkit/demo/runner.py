@@ -87,6 +87,8 @@ def _variant_line(v) -> str:
             return (f"{v.name}: fixed-K patch training, K={v.patch_size} for {v.patch_fraction:.0%} of the bytes, "
                     f"then next-byte training")
         return f"{v.name}: byte-level baseline (every byte a position)"
+    if v.kind == "hnet":
+        return f"{v.name}: H-Net, chunks learned end to end"
     p = v.patcher.filled()
     extra = f" of {p.patch_size} bytes" if p.scheme == "static" else ""
     return f"{v.name}: BLT with {p.scheme} patches{extra}"

@@ -226,8 +226,10 @@ class HNet(weights.Pretrained, nn.Module):
         outer, main = self.config.stage_lr_multipliers
         return main if name.startswith(("main.", "main_pad")) else outer
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count; ``exclude_embeddings`` drops the byte embedding table (as the other kinds)."""
+        skip = {id(self.tok_embeddings.weight)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
 
 __all__ = ["HNet", "HNetOutput", "HNetStack", "forced_starts"]

@@ -10,8 +10,11 @@ phase starts from the first one's bundle (``task.init_from``). Relative compute 
 Budgets (``Budget``): ``bytes`` gives each phase its share of the training bytes; ``flops`` first
 finds the byte count D whose phases cost the budget, ``D = F / sum_i(f_i * share_i / b_i)``, with
 ``f_i`` / ``b_i`` the training FLOPs / target bytes of one step of phase i, measured on the run's
-own first batches (so BLT variants, whose cost follows their patches, plan the same way). Step
-counts are rounded to whole steps; a phase that would get no step is an error naming the budget.
+own first batches (so BLT variants, whose cost follows their patches, plan the same way). A model
+that chooses its own boundaries (the ``hnet`` kind, a BLT with ``patcher: {scheme: learned}``) is
+planned at its target compression (``Task.planning_flops_per_batch``); its logged FLOPs then follow
+the compression it achieves. Step counts are rounded to whole steps; a phase that would get no
+step is an error naming the budget.
 """
 from __future__ import annotations
 
@@ -102,7 +105,8 @@ def patch_train_phases(base: TrainConfig, pt: PatchTrainConfig) -> list[Phase]:
 
 
 def measure_step(cfg: TrainConfig, config_dir: Optional[Path] = None, n_batches: int = 4) -> tuple[float, float]:
-    """(training FLOPs, target bytes) of one optimiser step of ``cfg``: the mean of its first batches."""
+    """(training FLOPs, target bytes) of one optimiser step of ``cfg``: the mean of its first batches
+    (``Task.planning_flops_per_batch``: no model runs)."""
     from ..training.task import build_task
 
     task = build_task(cfg, config_dir)
@@ -110,7 +114,7 @@ def measure_step(cfg: TrainConfig, config_dir: Optional[Path] = None, n_batches:
     flops, nbytes = 0.0, 0.0
     for _ in range(n_batches):
         b = next(it)
-        flops += task.flops_per_batch(b)
+        flops += task.planning_flops_per_batch(b)
         nbytes += float(b["mask"].sum())
     return flops / n_batches, nbytes / n_batches
 

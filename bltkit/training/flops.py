@@ -195,6 +195,15 @@ def hnet_forward_flops(cfg, ids: torch.Tensor, boundary: torch.Tensor) -> dict[s
     return {"encoder": enc, "chunking": chunking, "main": main, "decoder": dec}
 
 
+def even_boundaries(valid: torch.Tensor, bytes_per_chunk: float) -> torch.Tensor:
+    """(B, N) bool: chunks ``bytes_per_chunk`` bytes apart over each row's real bytes (``valid``
+    (B, N) bool), the first real byte opening one: the steady state at which a model that
+    chooses its own boundaries is planned (``Task.planning_flops_per_batch``)."""
+    pos = valid.long().cumsum(dim=1) - 1  # each real byte's index among its row's real bytes
+    r = float(bytes_per_chunk)
+    return valid & (torch.floor(pos / r) != torch.floor((pos - 1) / r))
+
+
 def hnet_flops_per_byte(cfg, bytes_per_chunk: float, context_bytes: int) -> dict[str, float]:
     """Analytic forward FLOPs per byte of an H-Net at a steady state: a row of ``context_bytes``
     bytes in one document whose chunks are ``bytes_per_chunk`` long, evenly spaced. For planning

@@ -13,7 +13,8 @@ step, with the achieved compression:
   chunk beyond the forced starts (the row's first byte and each document's). The run goes on;
   the record says so instead of a silent NaN.
 
-Training FLOPs count the chunks the router chose in each micro-batch (``flops.hnet_forward_flops``).
+Training FLOPs count the chunks the router chose in each micro-batch (``flops.hnet_forward_flops``);
+a budget is planned at the target compression (``planning_flops_per_batch``).
 The finished run directory is a bundle of kind ``hnet``; ``model:`` names a config under
 ``configs/hnet/``.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from .. import config as cfgio
 from ..bundle import save_bundle
 from .config import TrainConfig
-from .flops import hnet_forward_flops, training_flops
+from .flops import even_boundaries, hnet_forward_flops, training_flops
 from .task import Task, instantiate_with_state, masked_nats
 
 
@@ -124,6 +125,11 @@ class HNetTask(Task):
 
     def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
         return int(self._step["flops"])
+
+    def planning_flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        """At the target compression: chunks ``chunking.target_ratio`` bytes apart (``even_boundaries``)."""
+        bnd = even_boundaries(batch["mask"].bool(), self.model_cfg.chunking.target_ratio)
+        return training_flops(sum(hnet_forward_flops(self.model_cfg, batch["ids"], bnd).values()))
 
     def n_patches(self, batch: dict[str, torch.Tensor]) -> int:
         return int(self._step["chunks"])

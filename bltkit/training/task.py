@@ -123,6 +123,12 @@ class Task(ABC):
     def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
         """Training FLOPs (3 x forward, flops.py) of ``batch``."""
 
+    def planning_flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        """Training FLOPs of ``batch`` known before any step, for planning a budget
+        (``patchtrain.schedule.plan``): ``flops_per_batch`` unless the model chooses its own
+        boundaries, which count them at its target compression."""
+        return self.flops_per_batch(batch)
+
     def extra_flops_per_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         """FLOPs reported separately (the entropy model's patching cost), by name."""
         return {}
