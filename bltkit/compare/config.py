@@ -9,7 +9,6 @@
       - {name: blt-entropy, kind: blt, model: tiny, patcher: {scheme: entropy}}
       - {name: blt-static4, kind: blt, model: tiny, patcher: {scheme: static, patch_size: 4}}
       - {name: blt-space, kind: blt, model: tiny, patcher: {scheme: space}}
-      - {name: blt-learned, kind: blt, model: tiny, patcher: {scheme: learned, target_ratio: 4.5}}
       - {name: hnet, kind: hnet, model: tiny}                             # H-Net: learned chunks
 
 Every variant reads the same data settings (``base.data``), so all are scored on the same held-out
@@ -25,8 +24,7 @@ settings (``resolve_patcher``, in ``EntropyPatching.resolve``), the comparison's
 and calibrated threshold under the variant's own settings.
 
 A variant whose model chooses its own boundaries (``kind: hnet``, its target compression in its
-model config; a BLT with ``patcher: {scheme: learned, target_ratio: N}``) is planned at its target
-(docs/compare.md).
+model config) is planned at its target (docs/compare.md).
 """
 from __future__ import annotations
 

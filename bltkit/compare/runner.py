@@ -10,8 +10,8 @@ reported apart (docs/measurement.md §2). ``mean_patch_length`` is training byte
 the global / backbone model: the BLT's patches, K for a patch phase, 1 for a byte phase.
 ``bytes_per_patch`` is the variant's own patch or chunk size: K of a fixed-K run (1 for the byte
 baseline), and for a BLT or H-Net the bytes a patch or chunk its final phase achieved over its
-training steps (the H-Net's logged ``bytes_per_chunk``, the learned BLT's ``bytes_per_patch``,
-else the loop's ``mean_patch_length``), byte-weighted. A model that chooses its own boundaries is
+training steps (the H-Net's logged ``bytes_per_chunk``, else the loop's ``mean_patch_length``),
+byte-weighted. A model that chooses its own boundaries is
 planned at its ``target_ratio`` (``patchtrain.schedule``); ``planned_flops`` is what the plan
 expected, ``training_flops`` what the run logged (docs/compare.md).
 """
@@ -111,7 +111,7 @@ def _bundle_figures(bundle_dir: Path) -> tuple[int, int, Optional[float]]:
 
 
 # what a learned-boundary run logs as its achieved compression, by kind; else the loop's figure
-_ACHIEVED_KEYS = ("bytes_per_chunk", "bytes_per_patch", "mean_patch_length")
+_ACHIEVED_KEYS = ("bytes_per_chunk", "mean_patch_length")
 
 
 def _bytes_per_patch(v: VariantConfig, res: PhasedResult) -> float:
