@@ -15,6 +15,10 @@ Data flow (docs/reference-semantics.md §1):
 ``patch_lengths`` (B, P) follow the reference: the first patch is 1 byte and every row sums to
 N + 1, the last patch holding the target of the last byte (docs/reference-semantics.md §5). The model never computes
 patch lengths; patchers do (``bltkit.patching``). The loss lives outside (``bltkit.training``).
+
+With ``boundaries: learned`` the model places its own patches instead: a router on the encoder's
+byte states, and the decoder reads the last *completed* patch, ``pid(i) - 1``
+(``bltkit.model.learned``; docs/patching.md, "Learned boundaries").
 """
 from __future__ import annotations
 
@@ -33,9 +37,10 @@ from .cache import BLTCache
 from .config import BLTConfig
 from .global_transformer import GlobalTransformer
 from .hash_embedding import HashNgramEmbedding
+from .learned import LearnedBLTCache, LearnedBoundaries
 from .local_decoder import LocalDecoder
 from .local_encoder import LocalEncoder
-from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask
+from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask, first_true
 
 class ByteLatentTransformer(weights.Pretrained, nn.Module):
     config_class = BLTConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
@@ -48,6 +53,9 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         self.local_encoder = LocalEncoder(config.encoder, config.cross_attn, config.vocab_size)
         self.global_transformer = GlobalTransformer(config.global_model, config.global_input_dim)
         self.local_decoder = LocalDecoder(config.decoder, config.cross_attn, config.global_model.dim, config.vocab_size)
+        # boundaries: learned -> the router and null patch of bltkit.model.learned (no patch_lengths).
+        self.learned = LearnedBoundaries(config.encoder.dim, config.global_model.dim) \
+            if config.boundaries == "learned" else None
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -55,7 +63,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
     def forward(self, ids: torch.Tensor, patch_lengths: Optional[torch.Tensor] = None, validate: bool = True,
                 attn_impl: Optional[str] = None, *, cache: Optional[BLTCache] = None,
                 starts_next: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None,
-                global_width: Optional[int] = None) -> torch.Tensor:
+                global_width: Optional[int] = None, return_routing: bool = False) -> torch.Tensor:
         """Next-byte logits (B, N, V) in fp32 for ``ids`` (B, N) split by ``patch_lengths`` (B, P).
 
         ``validate`` checks ids and patch lengths (it syncs with the host: training loops that
@@ -63,7 +71,22 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
 
         With ``cache`` (``new_cache``) it is one incremental step instead (see ``step``): ``ids``
         are the next bytes of each row and ``starts_next`` says where patches close.
+
+        With learned boundaries (``config.boundaries``) the model places its own patches
+        (``bltkit.model.learned``): no ``patch_lengths`` nor ``starts_next``; ``valid`` (B, N)
+        marks real bytes; ``return_routing`` adds the router's decisions (``RoutedLogits``).
         """
+        if self.learned is not None:
+            if patch_lengths is not None or starts_next is not None:
+                raise ValueError("this BLT learns its patch boundaries (boundaries: learned): give no "
+                                 "patch_lengths or starts_next")
+            if validate:
+                if ids.dim() != 2:
+                    raise ValueError(f"ids must be (batch, bytes), got shape {tuple(ids.shape)}")
+                check_ids(ids)
+            if cache is not None:
+                return self.learned.step(self, ids, cache, valid, global_width, return_routing)
+            return self.learned.full(self, ids, valid, attn_impl, return_routing)
         if cache is not None:
             return self.step(ids, starts_next, cache, valid, global_width)
         if patch_lengths is None:
@@ -98,8 +121,9 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
 
     # ---- incremental step: the same modules, their keys and states read from a cache ------------
     def new_cache(self, batch: int, max_bytes: int) -> BLTCache:
-        """An empty ``BLTCache`` for ``batch`` rows of up to ``max_bytes`` bytes (preallocated)."""
-        return BLTCache(self, batch, max_bytes)
+        """An empty ``BLTCache`` (``LearnedBLTCache`` with learned boundaries) for ``batch`` rows of
+        up to ``max_bytes`` bytes (preallocated)."""
+        return (LearnedBLTCache if self.learned is not None else BLTCache)(self, batch, max_bytes)
 
     def step(self, ids: torch.Tensor, starts_next: torch.Tensor, cache: BLTCache,
              valid: Optional[torch.Tensor] = None, global_width: Optional[int] = None) -> torch.Tensor:
@@ -137,26 +161,15 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         cfg, c = self.config, self.config.cross_attn
         b, t = ids.shape
         dev, s = ids.device, cache.max_bytes
-        pos = torch.where(valid, cache.length[:, None] + torch.arange(t, device=dev), -1)  # (B, T); -1 padding
-        slot = torch.where(valid, pos, s)  # padding writes go to the sink slot s
-        cache._slot = slot
-        eos = ((ids == EOS_ID) & valid).to(torch.int64)
-        doc = cache.n_docs[:, None] + torch.cumsum(eos, dim=1) - eos  # (B, T) EOS ends its document
-        cache.ids.scatter_(1, slot, ids)
-
         # 1. Byte + hash n-gram embeddings; the n-grams reach back into the cached bytes.
-        x = self.local_encoder.tok_embeddings(ids)  # (B, T, De)
-        n = max(cfg.hash.group_sizes) if cfg.hash.n_tables else 1
-        ctx_pos = cache.length[:, None] - (n - 1) + torch.arange(t + n - 1, device=dev)  # (B, T + n - 1)
-        ctx = torch.where(ctx_pos >= 0, cache.ids.gather(1, ctx_pos.clamp(0, s)), 0)  # left pad 0
-        x = x + self.encoder_hash_tok_embedding(ctx)[:, n - 1:]
+        x, pos, slot, doc, eos = self.step_inputs(ids, valid, cache)  # x (B, T, De)
 
         # 2. The patches closing in this step, C a row: the patch holding each closing byte.
         opened = torch.where(close, pos + 1, -1)  # (B, T) a patch opens after this byte
         before = torch.cat([opened.new_full((b, 1), -1), opened[:, :-1]], dim=1)
         start = torch.maximum(cache.patch_start[:, None], torch.cummax(before, dim=1).values)  # (B, T)
         width = 1 if t == 1 else max(1, int(close.sum(dim=1).max()))  # a chunk (prompt) reads its count
-        ti, ok = _first_true(close, width)  # (B, C) byte index of each closing patch, real or padding
+        ti, ok = first_true(close, width)  # (B, C) byte index of each closing patch, real or padding
         p_start, p_end = start.gather(1, ti), pos.gather(1, ti)
         spos = torch.arange(s, device=dev)
         inside = ok[..., None] & (spos >= p_start[..., None]) & (spos <= p_end[..., None])  # (B, C, S)
@@ -184,6 +197,25 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         cache.length += valid.sum(dim=1)
         cache.n_docs += eos.sum(dim=1)
         return h, pos, doc, closed_after
+
+    def step_inputs(self, ids: torch.Tensor, valid: torch.Tensor, cache: BLTCache):
+        """The step's bytes written into the cache and embedded: embeddings (B, T, De), positions
+        and byte slots (B, T) (-1 and the sink S for padding), documents (B, T) and EOS marks (int64)."""
+        cfg = self.config
+        b, t = ids.shape
+        dev, s = ids.device, cache.max_bytes
+        pos = torch.where(valid, cache.length[:, None] + torch.arange(t, device=dev), -1)  # (B, T); -1 padding
+        slot = torch.where(valid, pos, s)  # padding writes go to the sink slot s
+        cache._slot = slot
+        eos = ((ids == EOS_ID) & valid).to(torch.int64)
+        doc = cache.n_docs[:, None] + torch.cumsum(eos, dim=1) - eos  # (B, T) EOS ends its document
+        cache.ids.scatter_(1, slot, ids)
+        x = self.local_encoder.tok_embeddings(ids)  # (B, T, De)
+        n = max(cfg.hash.group_sizes) if cfg.hash.n_tables else 1
+        ctx_pos = cache.length[:, None] - (n - 1) + torch.arange(t + n - 1, device=dev)  # (B, T + n - 1)
+        ctx = torch.where(ctx_pos >= 0, cache.ids.gather(1, ctx_pos.clamp(0, s)), 0)  # left pad 0
+        x = x + self.encoder_hash_tok_embedding(ctx)[:, n - 1:]
+        return x, pos, slot, doc, eos
 
     def _global_step(self, cache: BLTCache, width: int) -> torch.Tensor:
         """The global model on up to ``width`` waiting patches a row; their projections (B, W*k, Dd)
@@ -245,6 +277,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         - wq, wk, wv, wo, w1, w3 (self and cross): σ = (layer width)^-1/2; w2: σ = hidden^-1/2
         - patch and global projections: σ = (input width)^-1/2; output head σ = Dd^-1/2
         - norm weights 1
+        - learned boundaries: router projections the identity, null patch σ = 1 (``bltkit.model.learned``)
         The global RNG is left as it was.
         """
         dev = next(self.parameters()).device
@@ -255,21 +288,13 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
             self.local_encoder.reset_parameters()
             self.global_transformer.reset_parameters()
             self.local_decoder.reset_parameters()
+            if self.learned is not None:
+                self.learned.reset_parameters()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count; ``exclude_embeddings`` drops the byte and hash embedding tables."""
         skip = {id(self.encoder_hash_tok_embedding.weight), id(self.local_encoder.tok_embeddings.weight)} if exclude_embeddings else set()
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
-
-
-def _first_true(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (B, width) of each row's first ``width`` True entries of ``mask`` (B, T), in order,
-    and which of them exist (the rest point at index 0)."""
-    t = mask.shape[1]
-    ar = torch.arange(t, device=mask.device)
-    order = torch.sort(torch.where(mask, ar, t + ar), dim=1).values[:, :width]  # True entries first
-    ok = order < t
-    return torch.where(ok, order, 0), ok
 
 
 def load_blt_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> BLTConfig:

@@ -93,6 +93,10 @@ class BLTConfig:
     # Byte-level self-attention: "blocked" costs the window on every path; "dense" is the N x N
     # mask, the reference kept to check and measure against (bltkit.nn.masks).
     local_attention: LocalAttention = "blocked"
+    # Where patch boundaries come from: "given" (patch_lengths from a patcher outside the model,
+    # bltkit.patching) or "learned" (the model's own router after the encoder's byte layers,
+    # trained end to end: bltkit.model.learned, docs/patching.md "Learned boundaries").
+    boundaries: Literal["given", "learned"] = "given"
     init_seed: int = 42
 
     def validate(self) -> None:
@@ -115,6 +119,10 @@ class BLTConfig:
             part.validate()
         if self.attn_impl == "flex" and self.cross_attn.empty_rows == "uniform":
             raise ValueError("cross_attn.empty_rows 'uniform' (HF) needs attn_impl 'sdpa'")
+        if self.boundaries == "learned" and self.cross_attn.encoder_all_layers:
+            raise ValueError("boundaries 'learned' needs cross_attn.encoder_all_layers: false: the router reads the "
+                             "encoder's byte states after its last layer, so the patches exist only then, after "
+                             "the cross step an all-layers encoder would take after its first layer")
 
     # ---- derived sizes: one place -------------------------------------------------------------
     @property

@@ -45,16 +45,20 @@ class LocalDecoder(nn.Module):
         local_mask: Any,
         cross_mask: Any,
         cache: Any = None,  # a ``BLTCache`` (bltkit.model.cache) when stepping incrementally
+        gate: Optional[torch.Tensor] = None,  # (B, N): scales every cross update (learned boundaries)
     ) -> torch.Tensor:
         """Logits (B, N, V) fp32. With ``cache``, ``h`` holds the step's bytes and ``patches``
         only the patches new to the global model this step: their keys join the cached ones
-        (``cache.dec_cross``), which ``cross_mask`` indexes by patch slot."""
+        (``cache.dec_cross``), which ``cross_mask`` indexes by patch slot. ``gate``: a per-byte
+        factor on what the cross steps add (a straight-through confidence, 1 forward)."""
+        g = gate[..., None] if gate is not None else None  # (B, N, 1)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.cross.decoder_all_layers:
                 kv_cache = cache.dec_cross.layer(i) if cache is not None else None
-                h = h + self.cross_attn_layers[i](h, patches, cross_mask, kv_cache)  # 2h + wo(attn)
+                h = h + self.cross_attn_layers[i](h, patches, cross_mask, kv_cache, g)  # 2h + gate * wo(attn)
             h = layer(h, rope, local_mask, cache.dec.layer(i) if cache is not None else None)
-        return self.output(self.norm(h)).float()  # (B, N, V) fp32 logits
+        out = self.output(self.norm(h))
+        return out.to(torch.promote_types(out.dtype, torch.float32))  # (B, N, V) fp32 logits (fp64 stays)
 
     def reset_parameters(self) -> None:
         trunc_normal_(self.patch_embedding_projection.weight, self.global_dim ** -0.5)

@@ -60,7 +60,6 @@ class LocalEncoder(nn.Module):
         are the step's closing ones, over the cache's byte slots.
         """
         c = self.cross
-        b = x.shape[0]
         h, patch = x, None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -68,16 +67,33 @@ class LocalEncoder(nn.Module):
             if not (c.encoder_all_layers or i == last):
                 continue
             j = i if c.encoder_all_layers else 0
-            # The cross step runs after its layer; queries are pooled once (reference) or at
-            # every step (HF, repool_each_layer), then accumulate (docs/reference-semantics.md,
-            # "Cross-attention and pooling").
-            if patch is None or c.repool_each_layer:
-                states = h if cache is None else cache.byte_states(j, h)  # (B, N | S, D)
-                pooled = pool_patches(states, patch_ids, n_patches, c.pooling)  # (B, P, D)
-                patch = self.patch_embedding_projection(pooled).reshape(b, n_patches * c.k, -1)  # (B, P*k, D)
-            kv_cache = cache.enc_cross.layer(j) if cache is not None else None
-            patch = patch + self.cross_attn_layers[j](patch, h, cross_mask, kv_cache)  # 2*patch + wo(attn)
+            patch = self.cross_step(j, h, patch, cross_mask, patch_ids, n_patches, cache)
         return h, patch
+
+    def byte_layers(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], local_mask: Any,
+                    cache: Any = None) -> torch.Tensor:
+        """The byte layers alone, (B, N, D) -> (B, N, D): for a model that places its patches
+        after them (learned boundaries; its cross step is one, ``cross_step(0, ...)``)."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, local_mask, cache.enc.layer(i) if cache is not None else None)
+        return h
+
+    def cross_step(self, j: int, h: torch.Tensor, patch: Any, cross_mask: Any, patch_ids: torch.Tensor,
+                   n_patches: int, cache: Any = None) -> torch.Tensor:
+        """Cross step j after its layer: patch vectors (B, P*k, D) attend to the byte states ``h``.
+
+        Queries are pooled once (reference) or at every step (HF, repool_each_layer), then
+        accumulate (docs/reference-semantics.md, "Cross-attention and pooling"); ``patch`` is the
+        previous step's vectors (None before the first).
+        """
+        c = self.cross
+        if patch is None or c.repool_each_layer:
+            states = h if cache is None else cache.byte_states(j, h)  # (B, N | S, D)
+            pooled = pool_patches(states, patch_ids, n_patches, c.pooling)  # (B, P, D)
+            patch = self.patch_embedding_projection(pooled).reshape(h.shape[0], n_patches * c.k, -1)  # (B, P*k, D)
+        kv_cache = cache.enc_cross.layer(j) if cache is not None else None
+        return patch + self.cross_attn_layers[j](patch, h, cross_mask, kv_cache)  # 2*patch + wo(attn)
 
     def reset_parameters(self) -> None:
         d = self.cfg.dim

@@ -145,6 +145,8 @@ class CrossAttention(nn.Module):
 
     Returns ``x + wo(attn(norm_q(x), norm_kv(kv)))``: the residual sits *inside* the module, and
     callers add ``x`` once more, giving the reference's double residual (docs/reference-semantics.md §9). No RoPE.
+    ``gate`` (B, T, 1) scales the update per query: learned boundaries pass a straight-through
+    confidence, exactly 1 forward (``bltkit.nn.chunking.ste_one``), so the values are unchanged.
 
     ``empty_rows`` decides what a query with no visible key gets (an empty or virtual patch):
     ``"zero"`` (reference: FlexAttention returns 0 there) or ``"uniform"`` (Hugging Face: an additive
@@ -172,6 +174,7 @@ class CrossAttention(nn.Module):
         kv: torch.Tensor,  # keys/values (B, S, D)
         mask: Any,  # bool (B, 1, T, S) or BlockMask
         kv_cache: Optional[KVCacheLike] = None,
+        gate: Optional[torch.Tensor] = None,  # (B, T, 1): multiplies the update (a straight-through 1)
     ) -> torch.Tensor:
         q = rearrange(self.wq(self.cross_attn_norm_q(x)), "b t (h d) -> b h t d", d=self.head_dim)
         kvn = self.cross_attn_norm_kv(kv)
@@ -189,7 +192,8 @@ class CrossAttention(nn.Module):
             out = attend(q, k, v, safe)
             if self.empty_rows == "zero":
                 out = torch.where(has_key, out, torch.zeros((), dtype=out.dtype, device=out.device))
-        return x + self.wo(rearrange(out, "b h t d -> b t (h d)"))
+        update = self.wo(rearrange(out, "b h t d -> b t (h d)"))
+        return x + (update if gate is None else update * gate.to(update.dtype))
 
     def reset_parameters(self) -> None:
         for w in (self.wq, self.wk, self.wv, self.wo):

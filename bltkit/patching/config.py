@@ -36,9 +36,12 @@ from ..weights import WEIGHTS_FILE
 
 PATCHER_FILE = "patcher.yaml"
 REFERENCE_THRESHOLD = 1.335442066192627
-Scheme = Literal["entropy", "monotonic", "static", "space", "byte"]
+Scheme = Literal["entropy", "monotonic", "static", "space", "byte", "learned"]
 # The values unset fields take once every layer has spoken.
-DEFAULTS = {"scheme": "entropy", "patch_size": 4, "entropies_fp16": True}
+DEFAULTS = {"scheme": "entropy", "patch_size": 4, "entropies_fp16": True, "ratio_loss_weight": 0.03}
+# Settings that only the entropy-free rules may not take, by scheme: what a learned scheme rejects.
+_NOT_LEARNED = ("threshold", "threshold_add", "patch_size", "max_patch_length", "entropy_model", "precomputed",
+                "calibration")
 
 
 @dataclass
@@ -70,10 +73,23 @@ class PatcherConfig:
     # running the entropy model; never written into a bundle.
     precomputed: Optional[str] = None
     calibration: Optional[CalibrationRecord] = None
+    # scheme learned (docs/patching.md, "Learned boundaries"): the BLT's own router places the
+    # boundaries, trained end to end toward ``target_ratio`` bytes a patch (N of the ratio loss,
+    # arXiv 2507.07955 §2.2.3; > 1) with the ratio loss weighted by ``ratio_loss_weight``
+    # (alpha, 0.03 when unset).
+    target_ratio: Optional[float] = None
+    ratio_loss_weight: Optional[float] = None
 
     def validate(self) -> None:
         """Value checks that need no scorer; ``check_ready`` adds those that need the threshold."""
         scheme = self.scheme or DEFAULTS["scheme"]
+        if scheme == "learned":
+            self._validate_learned()
+            return
+        for name in ("target_ratio", "ratio_loss_weight"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} goes with scheme 'learned' (boundaries learned by the BLT), "
+                                 f"not {scheme!r} (got {getattr(self, name)})")
         if self.patch_size is not None and self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:
@@ -88,6 +104,29 @@ class PatcherConfig:
             raise ValueError(f"precomputed only applies to scheme entropy or monotonic, not {scheme!r}")
         if self.scheme is not None and self.scheme not in ("entropy", "monotonic") and self.threshold is not None:
             raise ValueError(f"scheme {self.scheme!r} takes no threshold (got {self.threshold})")
+
+    def _validate_learned(self) -> None:
+        given = [n for n in _NOT_LEARNED if getattr(self, n) is not None]
+        if given:
+            what = ("an entropy model" if {"entropy_model", "precomputed"} & set(given) else "settings of other schemes")
+            raise ValueError(f"scheme 'learned' takes no {', '.join(given)} ({what}: the BLT's router learns its "
+                             f"boundaries; give target_ratio and optionally ratio_loss_weight)")
+        if self.target_ratio is None:
+            raise ValueError("scheme 'learned' needs target_ratio: the bytes a patch the ratio loss trains toward "
+                             "(a number > 1, e.g. 4.5)")
+        check_finite(self.target_ratio, "target_ratio")
+        if not float(self.target_ratio) > 1:
+            raise ValueError(f"target_ratio must be > 1 bytes a patch, got {self.target_ratio!r} (the ratio loss "
+                             f"is N/(N-1)((N-1)FG + (1-F)(1-G)); a patch a byte is scheme 'byte')")
+        if self.ratio_loss_weight is not None:
+            check_finite(self.ratio_loss_weight, "ratio_loss_weight")
+            if float(self.ratio_loss_weight) < 0:
+                raise ValueError(f"ratio_loss_weight must be >= 0, got {self.ratio_loss_weight!r}")
+
+    @property
+    def learned(self) -> bool:
+        """Whether the BLT's router decides the boundaries (no patcher outside the model)."""
+        return self.scheme == "learned"
 
     def check_ready(self) -> None:
         self.validate()
@@ -104,6 +143,8 @@ class PatcherConfig:
             out["patch_size"] = DEFAULTS["patch_size"]
         if scheme in ("entropy", "monotonic") and self.entropies_fp16 is None:
             out["entropies_fp16"] = DEFAULTS["entropies_fp16"]
+        if scheme == "learned" and self.ratio_loss_weight is None:
+            out["ratio_loss_weight"] = DEFAULTS["ratio_loss_weight"]
         return replace(self, **out)
 
     @property
@@ -113,6 +154,8 @@ class PatcherConfig:
     def rule(self) -> dict:
         """The settings that decide patches, for records and comparisons (no paths, no history)."""
         f = self.filled()
+        if f.learned:
+            return {"scheme": f.scheme, "target_ratio": f.target_ratio, "ratio_loss_weight": f.ratio_loss_weight}
         return {"scheme": f.scheme, "threshold": f.threshold, "threshold_add": f.threshold_add,
                 "patch_size": f.patch_size, "max_patch_length": f.max_patch_length,
                 "entropies_fp16": f.entropies_fp16}
@@ -121,6 +164,18 @@ class PatcherConfig:
         """What a bundle records: the resolved rule, the entropy model as the bundle names it, and
         nothing training-only."""
         return replace(self.filled(), entropy_model=entropy_model if self.needs_scores else None, precomputed=None)
+
+
+def check_finite(value: float, name: str) -> None:
+    """``value`` must be a finite number (not a bool); the error names ``name`` and the value."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 def check_threshold(value: float, relative: bool, name: str = "threshold") -> None:
@@ -153,7 +208,7 @@ def save_patcher_settings(directory: str | os.PathLike, settings: PatcherConfig)
 
 # ---- resolution ---------------------------------------------------------------------------------
 Settings = Union[PatcherConfig, Mapping, None]
-_SCHEME_BOUND = ("threshold", "threshold_add", "calibration")
+_SCHEME_BOUND = ("threshold", "threshold_add", "calibration", "target_ratio", "ratio_loss_weight")
 
 
 def as_patcher_config(settings: Settings, source: str = "patcher settings") -> PatcherConfig:

@@ -102,6 +102,9 @@ class Patcher:
             raise ValueError(f"unknown patcher settings {unknown}; known: {sorted(names)}")
         cfg = replace(config or PatcherConfig(), **overrides)
         cfg.validate()
+        if cfg.learned:
+            raise ValueError("scheme 'learned' has no patcher outside the model: the BLT's router places the "
+                             "boundaries as it reads the bytes (bltkit.load(bundle).patch(text) shows them)")
         self.config = cfg.filled()
         self.scorer = scorer
         self.precision, self.chunk_len, self.batch_size = precision, chunk_len, batch_size

@@ -20,7 +20,8 @@ def shown(b: bytes) -> str:
 def describe_rule(cfg: PatcherConfig) -> str:
     """The rule of filled settings ``cfg`` in words: ``global threshold 1.3, max patch length 16``."""
     rule = {"entropy": f"global threshold {cfg.threshold}", "monotonic": f"relative threshold {cfg.threshold}",
-            "static": f"K = {cfg.patch_size}", "space": "SpaceByte rule", "byte": "one patch a byte"}[cfg.scheme]
+            "static": f"K = {cfg.patch_size}", "space": "SpaceByte rule", "byte": "one patch a byte",
+            "learned": f"the BLT's router, target {cfg.target_ratio} bytes a patch"}[cfg.scheme]
     if cfg.threshold_add is not None:
         rule += f" + relative {cfg.threshold_add}"
     if cfg.max_patch_length:
