@@ -4,6 +4,7 @@
     bltkit patch --scheme static --patch-size 4 "The quick brown fox"
     bltkit patch --model runs/blt --json "Hello"                           # a bundle's patcher
     bltkit patch --model runs/hnet "The quick brown fox"                   # an H-Net's learned chunks
+    bltkit patch --model runs/blt-learned "The quick brown fox"            # a BLT's learned patches
     echo text | bltkit patch --scheme space -
 
 The text is patched as a document prefix: BOS + its bytes (no EOS), include_next_token=False.
@@ -58,9 +59,10 @@ def _settings(args):
     return cfg, cfg.entropy_model
 
 
-def _learned(args, data: bytes) -> int:
-    """An H-Net bundle: the chunks its router learned (docs/hnet.md), with each byte's boundary
-    probability p (a chunk opens where p > 0.5). BOS opens the first chunk and is left out."""
+def _learned(args, data: bytes, unit: str) -> int:
+    """An H-Net bundle or a BLT with learned boundaries: the chunks (patches) its router chose
+    (docs/hnet.md, docs/patching.md), with each byte's boundary probability p (one opens where
+    p > 0.5). BOS opens the first and is left out."""
     from ..inference.api import load
 
     given = [f for f, v in (("--scheme", args.scheme), ("--entropy-model", args.entropy_model),
@@ -68,8 +70,8 @@ def _learned(args, data: bytes) -> int:
                             ("--patch-size", args.patch_size), ("--max-patch-length", args.max_patch_length),
                             ("--png", args.png)) if v is not None]
     if given:
-        raise ValueError(f"{args.model} is an H-Net bundle, whose chunks are learned; these options do not apply "
-                         f"to it: {', '.join(given)}")
+        what = "an H-Net bundle, whose chunks" if unit == "chunk" else "a BLT bundle whose patches"
+        raise ValueError(f"{args.model} is {what} are learned; these options do not apply to it: {', '.join(given)}")
     res = load(args.model).patch(data)
     lengths = [n - 1 if k == 0 else n for k, n in enumerate(res.lengths)]  # BOS left out of the first chunk
     probs = res.boundary_probs[1:]
@@ -81,7 +83,7 @@ def _learned(args, data: bytes) -> int:
         return 0
     from ..patching.view import learned_view
 
-    print(learned_view(data, lengths, probs))
+    print(learned_view(data, lengths, probs, unit))
     return 0
 
 
@@ -99,8 +101,11 @@ def run(args) -> int:
     if args.model:
         from ..bundle import read_bundle
 
-        if read_bundle(args.model).kind == "hnet":
-            return _learned(args, data)
+        meta = read_bundle(args.model)
+        if meta.kind == "hnet":
+            return _learned(args, data, "chunk")
+        if meta.kind == "blt" and meta.patcher is not None and meta.patcher.learned:
+            return _learned(args, data, "patch")
     cfg, em_dir = _settings(args)
     scorer = None
     if em_dir is not None:

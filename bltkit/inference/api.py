@@ -92,6 +92,17 @@ class Handle:
         self.kind, self.max_context = kind, max_context
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
+    @property
+    def learns_boundaries(self) -> bool:
+        """Whether the model places its own boundaries (an H-Net; a BLT with ``scheme: learned``):
+        it steps itself, with no patcher outside it, and ``patch`` shows what its router chose."""
+        return self.kind == "hnet" or (self.patcher is not None and self.patcher.learned)
+
+    @property
+    def external_patcher(self) -> Optional[PatcherConfig]:
+        """The patcher settings the steppers apply outside the model (None when it has none)."""
+        return self.patcher if self.kind == "blt" and not self.learns_boundaries else None
+
     def __repr__(self) -> str:
         scheme = self.patcher.scheme if self.patcher else "-"
         return f"Handle(kind={self.kind!r}, patcher={scheme!r}, device={str(self.device)!r})"
@@ -139,11 +150,13 @@ class Handle:
     def _stepper(self, use_cache: bool, prompts: list[list[int]], max_new_bytes: int,
                  params: Optional[SamplingParams] = None, speculative: Union[bool, int] = False, compile: bool = False):
         max_bytes = max(len(p) for p in prompts) + max_new_bytes + 1
-        patcher = self.patcher if self.kind == "blt" else None
+        patcher = self.external_patcher
         if speculative is not False:
             draft = check_draft_length(speculative)
+            what = "a BLT with learned boundaries" if self.learns_boundaries and self.kind == "blt" \
+                else f"a {self.kind!r} model"
             unsupported = [name for name, on in (("use_cache=False", not use_cache), ("compile=True", compile),
-                                                 (f"a {self.kind!r} model (BLT only)", patcher is None)) if on]
+                                                 (f"{what} (BLTs with a patcher only)", patcher is None)) if on]
             if params is not None and not params.greedy:
                 unsupported.append(f"temperature={params.temperature} (speculative decoding is greedy only)")
             if unsupported:
@@ -205,8 +218,9 @@ class Handle:
     @torch.no_grad()
     def patch(self, text: Prompt) -> Patches:
         """How the patcher splits BOS + ``text`` (lengths sum to 1 + bytes), with entropies; for
-        an H-Net, the chunks its router chose (docs/hnet.md), with each byte's probability."""
-        if self.kind == "hnet":
+        an H-Net or a BLT with learned boundaries, the chunks (patches) its router chose
+        (docs/hnet.md, docs/patching.md), with each byte's probability."""
+        if self.learns_boundaries:
             return self._chunks(text)
         if self.kind != "blt":
             raise ValueError(f"a {self.kind!r} bundle has no patcher")

@@ -122,7 +122,7 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
                                                  else compile_backend),
         "speculative": lambda p, n: handle._stepper(True, p, n, speculative=draft),
     }
-    if handle.kind != "blt":
+    if handle.external_patcher is None:  # speculative decoding needs a BLT with a patcher
         paths = [p for p in paths if p != "speculative"]
     with torch.no_grad():
         figures = {}
@@ -136,7 +136,7 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
         rec.update({k: v for k, v in figures["eager"].items() if k != "over_eager"})
         rec["paths"] = figures
         if uncached_new_bytes:
-            unc = _time(dev, lambda p, n: RecomputeStepper(handle.model, handle.patcher if handle.kind == "blt" else None,
+            unc = _time(dev, lambda p, n: RecomputeStepper(handle.model, handle.external_patcher,
                                                           handle.entropy_model, dev), prompts, uncached_new_bytes)
             rec.update({f"uncached_{k}": v for k, v in unc.items()})
             rec["speedup"] = rec["bytes_per_s"] / unc["bytes_per_s"]

@@ -119,7 +119,7 @@ def forward_rows(handle, inputs: Sequence[Sequence[int]]) -> tuple[torch.Tensor,
     for i, row in enumerate(inputs):
         x[i, : len(row)] = torch.as_tensor(row, dtype=torch.int64)
     dev = handle.device
-    if handle.kind != "blt":
+    if handle.external_patcher is None:  # the model patches itself (or has no patches)
         return torch.log_softmax(handle.model(x.to(dev)).float(), dim=-1), None
     from ..patching.lengths import pad_rows
 

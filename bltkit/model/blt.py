@@ -74,7 +74,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
 
         With learned boundaries (``config.boundaries``) the model places its own patches
         (``bltkit.model.learned``): no ``patch_lengths`` nor ``starts_next``; ``valid`` (B, N)
-        marks real bytes; ``return_routing`` adds the router's decisions (``RoutedLogits``).
+        marks real bytes; ``return_routing`` adds the router's decisions (``bltkit.model.hnet.HNetOutput``).
         """
         if self.learned is not None:
             if patch_lengths is not None or starts_next is not None:

@@ -31,7 +31,6 @@ state; the decoder reads the last completed patch. Both give the same logits (te
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -42,31 +41,11 @@ from ..nn.chunking import Routing, RoutingModule, downsample, ema_scan, ste_one
 from ..nn.init import trunc_normal_
 from ..nn.rope import rope_angles
 from .cache import BLTCache
+from .hnet import HNetOutput, forced_starts  # the same output and start rule as the H-Net kind
 from .masks import (byte_masks, decoder_cross_mask, encoder_cross_mask, first_true, masks_from_patch_ids,
                     patch_document_ids)
 
 SLOT_MULTIPLE = 16  # patch slots a row: the batch's largest count rounded up to this (fewer shapes)
-
-
-@dataclass
-class RoutedLogits:
-    """``forward(..., return_routing=True)``: the logits and what the router decided."""
-
-    logits: torch.Tensor  # (B, N, V) fp32
-    routing: Routing  # p (B, N) fp32, b (B, N) bool: byte t opens a patch
-    starts: torch.Tensor  # (B, N) bool forced patch starts (the row's first byte, each byte after an EOS)
-
-
-def forced_starts(ids: torch.Tensor, prev_eos: Optional[torch.Tensor] = None,
-                  first: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, T) bool bytes that must open a patch: the row's first and every byte after an EOS (a
-    patch never holds two documents). For a continued row, ``prev_eos`` (B,) says whether the byte
-    before position 0 was an EOS and ``first`` (B,) whether position 0 is the row's first byte."""
-    b = ids.shape[0]
-    before = torch.zeros(b, 1, dtype=torch.bool, device=ids.device) if prev_eos is None else prev_eos[:, None]
-    after_eos = torch.cat([before, ids[:, :-1] == EOS_ID], dim=1)  # (B, T)
-    head = torch.ones(b, dtype=torch.bool, device=ids.device) if first is None else first
-    return torch.cat([after_eos[:, :1] | head[:, None], after_eos[:, 1:]], dim=1)
 
 
 def read_slots(pid: torch.Tensor, doc_first: torch.Tensor) -> torch.Tensor:
@@ -116,7 +95,7 @@ class LearnedBoundaries(nn.Module):
         h = blt.local_encoder.byte_layers(x, rope_enc, local[0])  # (B, N, De)
 
         # 2. Boundaries: the router on the byte states; patch ids from their cumulative sum.
-        starts = forced_starts(ids)  # (B, N)
+        starts = forced_starts(ids, True)  # (B, N) the row's first byte and each byte after an EOS
         routing = self.router(h, starts=starts, valid=valid)  # p, b (B, N)
         bound = routing.boundary
         most = int(bound.sum(dim=1).max())  # one host read: the patch slots this batch needs
@@ -147,7 +126,7 @@ class LearnedBoundaries(nn.Module):
         dec_patches = blt.local_decoder.project_patches(table)  # (B, (P+1)*k, Dd)
         gate = ste_one(routing.confidence)  # (B, N) exactly 1, gradient to c
         logits = blt.local_decoder(h, dec_patches, rope_dec, masks.dec_local, masks.dec_cross, gate=gate)  # (B, N, V)
-        return RoutedLogits(logits, routing, starts) if return_routing else logits
+        return HNetOutput(logits, routing, starts) if return_routing else logits
 
     # ---- one cached step -------------------------------------------------------------------------
     def step(self, blt: nn.Module, ids: torch.Tensor, cache: "LearnedBLTCache", valid: Optional[torch.Tensor] = None,
@@ -166,7 +145,7 @@ class LearnedBoundaries(nn.Module):
         # 1. The encoder's byte layers, then the router against the last byte's state.
         rope_e = rope_angles(pos.clamp(min=0), cfg.encoder.head_dim, cfg.encoder.rope_theta)  # (B, T, hd/2)
         h = blt.local_encoder.byte_layers(x, rope_e, cache.enc.begin(pos, doc), cache)  # (B, T, De)
-        starts = forced_starts(ids, prev_eos=prev_eos, first=cache.length == 0) & valid
+        starts = forced_starts(ids, True, prev_eos=prev_eos, first=cache.length == 0) & valid
         routing = self.router(h, starts=starts, prev=cache.last_h.to(h.dtype), valid=valid)
         bound = routing.boundary  # (B, T)
         cache.byte_p.scatter_(1, slot, routing.prob.to(cache.byte_p.dtype))
@@ -224,7 +203,7 @@ class LearnedBoundaries(nn.Module):
         dcross = decoder_cross_mask(slots, q, k)  # (B, 1, T, Q*k)
         gate = ste_one(routing.confidence)
         logits = blt.local_decoder(h, table, rope_d, mask, dcross, cache, gate=gate)  # (B, T, V)
-        return RoutedLogits(logits, routing, starts) if return_routing else logits
+        return HNetOutput(logits, routing, starts) if return_routing else logits
 
     def _global_step(self, blt: nn.Module, cache: "LearnedBLTCache", width: int, first: torch.Tensor):
         """The global model on up to ``width`` waiting patches a row and the EMA over them; the
@@ -292,4 +271,4 @@ class LearnedBLTCache(BLTCache):
                          "would need rolling back too)")
 
 
-__all__ = ["LearnedBoundaries", "LearnedBLTCache", "RoutedLogits", "forced_starts", "read_slots", "SLOT_MULTIPLE"]
+__all__ = ["LearnedBoundaries", "LearnedBLTCache", "read_slots", "SLOT_MULTIPLE"]

@@ -8,6 +8,8 @@ Conventions:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -82,6 +84,22 @@ def trim_zero_columns(patch_lengths: torch.Tensor) -> torch.Tensor:
         return patch_lengths[:, :1]
     last = int(nonzero_cols.nonzero().max()) + 1
     return patch_lengths[:, :last]
+
+
+def lengths_from_boundaries(boundary: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Patch lengths (B, P), right-zero-padded, of the patches that ``boundary`` (B, N) bool opens
+    (True = the byte opens a patch; position 0 must be one) over the ``valid`` bytes (B, N, a
+    prefix of each row; all when None): learned boundaries, whose rows sum to their real bytes."""
+    b = boundary.detach().to("cpu", torch.bool)
+    v = torch.ones_like(b) if valid is None else valid.detach().to("cpu", torch.bool)
+    rows = []
+    for r in range(b.shape[0]):
+        n = int(v[r].sum())
+        starts = b[r, :n].nonzero()[:, 0].tolist()
+        if n and (not starts or starts[0] != 0):
+            raise ValueError(f"row {r}: position 0 opens no patch (boundaries {starts[:8]}...)")
+        rows.append([e - a for a, e in zip(starts, starts[1:] + [n])])
+    return pad_rows(rows)
 
 
 def pad_rows(rows: list[torch.Tensor] | list[list[int]], min_cols: int = 1) -> torch.Tensor:

@@ -67,17 +67,20 @@ def _per_piece(lengths: Sequence[int], pieces: list[bytes], values: Sequence[flo
     return lines
 
 
-def learned_view(data: bytes, lengths: Sequence[int], probs: Sequence[float]) -> str:
-    """The view of ``data`` split into the chunks an H-Net's router chose (docs/hnet.md), with
-    each byte's boundary probability p (a chunk opens where p > 0.5)."""
+def learned_view(data: bytes, lengths: Sequence[int], probs: Sequence[float], unit: str = "chunk") -> str:
+    """The view of ``data`` split into the chunks an H-Net's router chose (docs/hnet.md), or the
+    patches of a BLT with learned boundaries (``unit="patch"``, docs/patching.md), with each
+    byte's boundary probability p (one opens where p > 0.5)."""
     n = len(data)
     pieces = split(data, lengths)
     if len(probs) != n:
         raise ValueError(f"{len(probs)} boundary probabilities for a text of {n} bytes")
     mean = n / len(lengths) if lengths else 0.0
-    out = [f"learned (H-Net router): {n} bytes in {len(lengths)} chunks, mean {mean:.2f} bytes a chunk",
+    who = "H-Net router" if unit == "chunk" else "the BLT's router"
+    units = {"chunk": "chunks", "patch": "patches"}[unit]
+    out = [f"learned ({who}): {n} bytes in {len(lengths)} {units}, mean {mean:.2f} bytes a {unit}",
            "|" + "|".join(shown(p) for p in pieces) + "|",
-           f"{'chunk':>5} {'bytes':>5}  text / boundary probability p of each byte"]
+           f"{unit:>5} {'bytes':>5}  text / boundary probability p of each byte"]
     return "\n".join(out + _per_piece(lengths, pieces, probs, with_max=False))
 
 

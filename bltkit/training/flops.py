@@ -8,7 +8,10 @@
   bytes for encoder cross-attention and the k vectors of one patch for decoder cross-attention;
 - the global model's cost is counted per real (non-empty) patch, so its FLOPs per byte are its
   FLOPs per patch over the mean patch length;
-- norms, RoPE, softmax and activations are not counted (they are not matrix multiplies).
+- norms, RoPE, softmax and activations are not counted (they are not matrix multiplies);
+- learned boundaries (``boundaries: learned``) add the router's two De x De projections a byte,
+  and count the patches the router chose (their lengths from ``lengths_from_boundaries``); the
+  EMA over patches is elementwise, not counted.
 
 Axes: B rows, N bytes a row, P patches a row.
 """
@@ -107,6 +110,8 @@ def blt_forward_flops(cfg, ids: torch.Tensor, patch_lengths: torch.Tensor, atten
     cross_e = n_patches * k * 2 * 2 * e.dim * inner_e + n_bytes * 2 * 2 * e.dim * inner_e
     cross_e += a * k * n_bytes * 4 * inner_e
     enc += cfg.n_encoder_cross * cross_e
+    if cfg.boundaries == "learned":  # the router: q_proj and k_proj (De x De) on every byte
+        enc += n_bytes * 2 * 2 * e.dim * e.dim
 
     # Global: optional input projection, layers over real patches with the (block-)causal prefix.
     glob = n_patches * 2 * cfg.global_input_dim * g.dim if cfg.global_projection else 0

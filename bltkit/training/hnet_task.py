@@ -13,6 +13,9 @@ step, with the achieved compression:
   chunk beyond the forced starts (the row's first byte and each document's). The run goes on;
   the record says so instead of a silent NaN.
 
+The objective and these figures are ``routing.RoutingObjective``'s, shared with the BLT's learned
+patches.
+
 Training FLOPs count the chunks the router chose in each micro-batch (``flops.hnet_forward_flops``);
 a budget is planned at the target compression (``planning_flops_per_batch``).
 The finished run directory is a bundle of kind ``hnet``; ``model:`` names a config under
@@ -30,6 +33,7 @@ from .. import config as cfgio
 from ..bundle import save_bundle
 from .config import TrainConfig
 from .flops import even_boundaries, hnet_forward_flops, training_flops
+from .routing import RoutingObjective
 from .task import Task, instantiate_with_state, masked_nats
 
 
@@ -45,7 +49,8 @@ class HNetTask(Task):
                              f"the chunking settings live in the model config (chunking.target_ratio, "
                              f"chunking.ratio_loss_weight)")
         self.model_cfg = load_hnet_config(self.resolve_path(cfg.model), cfg.model_overrides)
-        self._micro: list[dict[str, Any]] = []  # what this step's loss calls saw (step_stats reads it)
+        ch = self.model_cfg.chunking
+        self._objective = RoutingObjective(ch.target_ratio, ch.ratio_loss_weight, "chunk")
         self._step: dict[str, Any] = {"flops": 0, "chunks": 0}
 
     # ---- model ----------------------------------------------------------------------------------
@@ -67,26 +72,10 @@ class HNetTask(Task):
 
     # ---- objective ------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        from ..nn.chunking import ratio_loss
-
         valid = batch["mask"].bool()  # input t is real when its target is
         out = model(batch["ids"], validate=False, valid=valid, return_routing=True)
         nats, n = masked_nats(out.logits, batch["targets"], batch["mask"])
-        ch = self.model_cfg.chunking
-        r = out.routing
-        rl = ratio_loss(r.boundary, r.prob, ch.target_ratio, valid)
-        penalty = ch.ratio_loss_weight * rl * n  # in the units of nats: the loop divides by the step's targets
-        b = r.boundary
-        per_row = b.sum(dim=1)
-        real = valid.sum(dim=1)
-        forced = (out.starts & valid).sum(dim=1)
-        self._micro.append({
-            "ids": batch["ids"].detach(), "boundary": b.detach(), "ratio_loss": float(rl.detach()),
-            "boundaries": int(per_row.sum()), "bytes": int(real.sum()),
-            "rows_all": int(((per_row == real) & (real > 1)).sum()),
-            "rows_none": int(((per_row == forced) & (real > forced)).sum()),
-        })
-        return nats, n, penalty
+        return nats, n, self._objective.penalty(batch["ids"], out.routing, out.starts, valid, n)
 
     def eval_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch["ids"], validate=False, valid=batch["mask"].bool())
@@ -94,34 +83,14 @@ class HNetTask(Task):
 
     # ---- accounting -----------------------------------------------------------------------------
     def step_stats(self) -> dict[str, float]:
-        micro, self._micro = self._micro, []
+        stats, micro = self._objective.step_stats()
         flops = sum(training_flops(sum(hnet_forward_flops(self.model_cfg, m["ids"], m["boundary"]).values()))
                     for m in micro)
         self._step = {"flops": flops, "chunks": sum(m["boundaries"] for m in micro)}
-        return {
-            "ratio_loss_sum": float(sum(m["ratio_loss"] for m in micro)), "micro_batches": float(len(micro)),
-            "boundaries": float(self._step["chunks"]), "real_bytes": float(sum(m["bytes"] for m in micro)),
-            "rows": float(sum(int(m["ids"].shape[0]) for m in micro)),
-            "rows_all": float(sum(m["rows_all"] for m in micro)), "rows_none": float(sum(m["rows_none"] for m in micro)),
-        }
+        return stats
 
     def step_metrics(self, stats: dict[str, float]) -> dict[str, Any]:
-        f = stats["boundaries"] / max(stats["real_bytes"], 1.0)
-        rec: dict[str, Any] = {
-            "ratio_loss": stats["ratio_loss_sum"] / max(stats["micro_batches"], 1.0),
-            "boundary_fraction": f,
-            "bytes_per_chunk": stats["real_bytes"] / max(stats["boundaries"], 1.0),
-        }
-        problems = []
-        rows = int(stats["rows"])
-        if stats["rows_all"]:
-            problems.append(f"{int(stats['rows_all'])} of {rows} rows have every byte opening a chunk")
-        if stats["rows_none"]:
-            problems.append(f"{int(stats['rows_none'])} of {rows} rows have no chunk beyond the forced starts")
-        if problems:
-            rec["warning"] = (f"compression collapsed: {'; '.join(problems)} (bytes per chunk "
-                              f"{rec['bytes_per_chunk']:.2f}, target {self.model_cfg.chunking.target_ratio:g})")
-        return rec
+        return self._objective.step_metrics(stats)
 
     def flops_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
         return int(self._step["flops"])
