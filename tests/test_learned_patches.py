@@ -178,9 +178,9 @@ def test_padding_after_a_row_changes_nothing_and_opens_no_patch():
 
 def test_cached_generation_equals_recomputation_and_batching():
     h = Handle(micro(seed=2), patcher=LEARNED, kind="blt")
-    cached = h.generate("The cat sat", max_new_bytes=64, return_bytes=True)
+    cached = h.generate("The cat sat", max_new_bytes=48, return_bytes=True)
     assert len(cached) >= 20  # (this micro model draws EOS after 30 bytes)
-    assert cached == h.generate("The cat sat", max_new_bytes=64, return_bytes=True, use_cache=False)
+    assert cached == h.generate("The cat sat", max_new_bytes=48, return_bytes=True, use_cache=False)
     prompts = ["a", "longer prompt here", ""]
     kw = dict(max_new_bytes=24, temperature=0.9, top_p=0.95, return_bytes=True)
     batched = h.generate(prompts, seed=[1, 2, 3], **kw)
@@ -289,14 +289,17 @@ def _held_out_bytes_per_patch(task, model) -> float:
 
 
 RUN = ["--set", "steps=60", "--set", "eval_every=0", "--set", "checkpoint_every=0", "--set", "progress=false",
-       "--set", "data.seq_len=64", "--set", "data.eval_rows=16", "--set", "patcher.target_ratio=3.0",
-       "--set", "patcher.ratio_loss_weight=0.5"]
+       "--set", "data.seq_len=64", "--set", "data.eval_rows=16", "--set", "patcher.target_ratio=2.0",
+       "--set", "patcher.ratio_loss_weight=0.5",  # a smaller tiny: local width 32, global 64, 1 decoder layer
+       "--set", "model_overrides=[encoder.dim=32,decoder.dim=32,global_model.dim=64,decoder.n_layers=1,"
+                "encoder.n_heads=2,decoder.n_heads=2,cross_attn.n_heads=2]"]
 
 
 def test_training_drives_bytes_per_patch_to_the_target_and_bpb_down(tmp_path, capsys):
-    """``bltkit train blt-learned-tiny`` for 60 short steps on the built-in corpus. With an
-    attention-only encoder the paper's weight (0.03) lets the cross-entropy pull the achieved
-    compression off the target (docs/patching.md), so this run weighs the ratio loss more (0.5)."""
+    """``bltkit train blt-learned-tiny`` (made smaller) for 60 short steps on the built-in corpus.
+    With an attention-only encoder the paper's weight (0.03) lets the cross-entropy pull the
+    achieved compression off the target (docs/patching.md), so this run weighs the ratio loss more
+    (0.5); its target (2) is far from where the model starts (about 3.2 bytes a patch)."""
     from bltkit.training.config import load_train_config
     from bltkit.training.task import build_task
 
@@ -308,10 +311,10 @@ def test_training_drives_bytes_per_patch_to_the_target_and_bpb_down(tmp_path, ca
     start = _held_out_bytes_per_patch(task, task.build_model().eval())
     lm = bltkit.load(out)
     end = _held_out_bytes_per_patch(task, lm.model)
-    assert abs(start / 3.0 - 1) > 0.3  # far from the target at initialisation...
-    assert abs(end / 3.0 - 1) < 0.15, (start, end)  # ...and within 15% of it after training
+    assert abs(start / 2.0 - 1) > 0.3  # far from the target at initialisation (about 3.2)...
+    assert abs(end / 2.0 - 1) < 0.15, (start, end)  # ...and within 15% of it after training (about 1.9)
     recs = read_metrics(out)
-    assert recs[-1]["bpb"] < recs[0]["bpb"] - 2.0  # held-out bits per byte fall (8.6 -> about 4.3)
+    assert recs[-1]["bpb"] < recs[0]["bpb"] - 2.0  # held-out bits per byte fall (8.9 -> about 4.6)
     for r in recs[1:]:
         for k in ("ratio_loss", "bytes_per_patch", "boundary_fraction", "mean_patch_length", "loss"):
             assert isinstance(r[k], float) and math.isfinite(r[k]), (k, r)
@@ -319,7 +322,7 @@ def test_training_drives_bytes_per_patch_to_the_target_and_bpb_down(tmp_path, ca
     assert all(b["flops"] > a["flops"] for a, b in zip(recs[1:], recs[2:]))
 
     # The bundle: generate, stream, score, patch (the learned boundaries), save and load again.
-    assert lm.patcher.learned and lm.patcher.target_ratio == 3.0
+    assert lm.patcher.learned and lm.patcher.target_ratio == 2.0
     text = lm.generate("The ", max_new_bytes=24)
     assert "".join(lm.stream("The ", max_new_bytes=24)) == text
     assert lm.generate("The ", max_new_bytes=24, use_cache=False) == text
