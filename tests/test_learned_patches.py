@@ -239,7 +239,7 @@ def test_router_gradient_matches_finite_differences_in_float64(monkeypatch):
 def test_lengths_from_boundaries_and_router_flops():
     b = torch.tensor([[1, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
     valid = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
-    assert lengths_from_boundaries(b, valid).tolist() == [[3, 1, 2], [1, 2, 0]]
+    assert lengths_from_boundaries(b, valid).tolist() == [[3, 1, 2], [1, 5, 0]]  # padding in the last patch
     with pytest.raises(ValueError, match="position 0 opens no patch"):
         lengths_from_boundaries(b[:, 1:])
     from bltkit.training.flops import blt_forward_flops
@@ -258,7 +258,7 @@ def test_lengths_from_boundaries_and_router_flops():
 
     task = build_task(load_train_config("blt-learned-tiny", ["patcher.target_ratio=2.0"]))
     batch = {"ids": torch.full((1, 6), 9), "mask": torch.tensor([[1, 1, 1, 1, 1, 0]])}
-    even = torch.tensor([[2, 2, 1]])  # bytes 0-1, 2-3, 4 (5 is padding)
+    even = torch.tensor([[2, 2, 2]])  # bytes 0-1, 2-3, 4 (+ the padding byte 5)
     assert task.planning_flops_per_batch(batch) == training_flops(sum(blt_forward_flops(learned_cfg, batch["ids"], even).values()))
 
 
@@ -275,6 +275,23 @@ def test_collapse_is_a_warning_naming_patches():
     assert torch.isfinite(pen)
     rec = obj.step_metrics(obj.step_stats()[0])
     assert rec["bytes_per_patch"] == 8.0 and "2 of 2 rows have no patch beyond the forced starts" in rec["warning"]
+
+
+def test_a_padded_batch_counts_and_logs():
+    from bltkit.training.config import load_train_config
+    from bltkit.training.task import build_task
+
+    task = build_task(load_train_config("blt-learned-tiny"))
+    model = task.build_model()
+    ids = random_ids(torch.Generator().manual_seed(9), 2, 32)
+    mask = torch.ones(2, 32, dtype=torch.int64)
+    mask[1, 20:] = 0
+    ids[1, 20:] = 0  # the last row of a stream: padding (BOE) after its real bytes
+    nats, n, penalty = task.loss(model, {"ids": ids, "targets": ids, "mask": mask})
+    assert int(n) == 52 and torch.isfinite(nats) and torch.isfinite(penalty) and penalty.requires_grad
+    rec = task.step_metrics(task.step_stats())
+    assert task.flops_per_batch({}) > 0 and task.n_patches({}) >= 2
+    assert rec["bytes_per_patch"] == pytest.approx(52 / task.n_patches({}))
 
 
 # ---- training through the CLI, then the bundle -----------------------------------------------------

@@ -89,7 +89,8 @@ def trim_zero_columns(patch_lengths: torch.Tensor) -> torch.Tensor:
 def lengths_from_boundaries(boundary: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Patch lengths (B, P), right-zero-padded, of the patches that ``boundary`` (B, N) bool opens
     (True = the byte opens a patch; position 0 must be one) over the ``valid`` bytes (B, N, a
-    prefix of each row; all when None): learned boundaries, whose rows sum to their real bytes."""
+    prefix of each row; all when None): learned boundaries. Rows sum to N: a row's padding is
+    folded into its last patch, as packed rows do (``bltkit.data.packing``)."""
     b = boundary.detach().to("cpu", torch.bool)
     v = torch.ones_like(b) if valid is None else valid.detach().to("cpu", torch.bool)
     rows = []
@@ -98,7 +99,10 @@ def lengths_from_boundaries(boundary: torch.Tensor, valid: Optional[torch.Tensor
         starts = b[r, :n].nonzero()[:, 0].tolist()
         if n and (not starts or starts[0] != 0):
             raise ValueError(f"row {r}: position 0 opens no patch (boundaries {starts[:8]}...)")
-        rows.append([e - a for a, e in zip(starts, starts[1:] + [n])])
+        row = [e - a for a, e in zip(starts, starts[1:] + [n])]
+        if row:
+            row[-1] += b.shape[1] - n
+        rows.append(row or [b.shape[1]])
     return pad_rows(rows)
 
 
