@@ -205,6 +205,12 @@ def test_shipped_tiny_comparison(tmp_path, capsys):
     assert h["bytes_per_patch"] == pytest.approx(sum(step_bytes) / sum(n / r["bytes_per_chunk"]
                                                                          for n, r in zip(step_bytes, recs)))
     assert h["parameters"] > h["parameters_non_embedding"]
+    # the BLT with learned boundaries: planned at its target like the H-Net, its bytes a patch achieved
+    lb = rows["blt-learned"]
+    assert lb["kind"] == "blt" and lb["patcher"]["scheme"] == "learned" and lb["target_ratio"] == 4.0
+    assert lb["planned_flops"] == pytest.approx(cfg.budget.value, rel=0.05) and lb["entropy_flops"] == 0
+    assert 1.0 < lb["bytes_per_patch"] < 256.0
+    assert load_bundle_models(tmp_path / "blt-learned")[2] is None  # no entropy model: the router is inside
     ent = rows["blt-entropy"]
     assert ent["patcher"]["scheme"] == "entropy" and ent["entropy_flops"] > 0
     assert res["entropy_model"]["calibrated_mean_patch_length"] == pytest.approx(4.5, rel=0.1)
@@ -230,7 +236,8 @@ def test_every_shipped_comparison_loads_with_typed_patchers():
     for p in paths:
         cfg, _ = load_compare_config(p.stem)
         blt = [v for v in cfg.variants if v.kind == "blt"]
-        assert {v.patcher.scheme for v in blt} == {"entropy", "static", "space"}, p
+        expected = {"entropy", "static", "space"} | ({"learned"} if p.stem != "compare-gpu" else set())
+        assert {v.patcher.scheme for v in blt} == expected, p
         assert all(isinstance(v.patcher, PatcherConfig) for v in blt)
         assert all(v.patcher is None and v.patch_phase_patcher is None for v in cfg.variants if v.kind != "blt")
 
