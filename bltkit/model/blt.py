@@ -184,18 +184,8 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         cache.h.scatter_(1, slot[..., None].expand(-1, -1, h.shape[-1]), h.to(cache.h.dtype))
 
         # 4. Closed patches wait in their slots for the global model, with their document.
-        q = cache.patch_slots
-        pslot = torch.where(ok, cache.n_closed[:, None] + torch.arange(width, device=dev), q)  # (B, C); q = sink
-        vec = patch.reshape(b, width, -1)  # (B, C, k*De)
-        cache.patches.scatter_(1, pslot[..., None].expand(-1, -1, vec.shape[-1]), vec.to(cache.patches.dtype))
-        has_eos = ((inside & (cache.ids[:, None, :s] == EOS_ID)).any(dim=-1) & ok).to(torch.int64)  # (B, C)
-        cache.patch_doc.scatter_(1, pslot, cache.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
         closed_after = cache.n_closed[:, None] + torch.cumsum(close.to(torch.int64), dim=1)  # (B, T)
-        cache.n_closed += close.sum(dim=1)
-        cache.n_eos_patches += has_eos.sum(dim=1)
-        cache.patch_start.copy_(torch.maximum(cache.patch_start, opened.max(dim=1).values))
-        cache.length += valid.sum(dim=1)
-        cache.n_docs += eos.sum(dim=1)
+        cache.close_patches(patch, ok, inside, close, opened, valid, eos)
         return h, pos, doc, closed_after
 
     def step_inputs(self, ids: torch.Tensor, valid: torch.Tensor, cache: BLTCache):

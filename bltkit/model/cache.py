@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.vocab import EOS_ID
 from ..nn.kv_cache import KVCache, StackCache
 
 COUNTERS = ("length", "n_docs", "patch_start", "n_closed", "n_global", "n_eos_patches")
@@ -71,6 +72,27 @@ class BLTCache:
         buf = self.states[j]
         buf.scatter_(1, self._slot[..., None].expand(-1, -1, h.shape[-1]), h.to(buf.dtype))
         return buf[:, :self.max_bytes]
+
+    def close_patches(self, patch: torch.Tensor, ok: torch.Tensor, inside: torch.Tensor, close: torch.Tensor,
+                      opened: torch.Tensor, valid: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """The step's bookkeeping after the encoder: the patches that closed (``patch`` (B, C*k, De),
+        ``ok`` (B, C) which are real, ``inside`` (B, C, S) their bytes) wait in their slots for
+        the global model with their document, and the counters move past the step's bytes
+        (``close``, ``opened``, ``valid``, ``eos``: (B, T)). Returns each patch's slot (B, C), the
+        sink slot ``patch_slots`` for the padding ones."""
+        b, width = ok.shape
+        pslot = torch.where(ok, self.n_closed[:, None] + torch.arange(width, device=ok.device), self.patch_slots)
+        vec = patch.reshape(b, width, -1)  # (B, C, k*De)
+        self.patches.scatter_(1, pslot[..., None].expand(-1, -1, vec.shape[-1]), vec.to(self.patches.dtype))
+        s = inside.shape[-1]
+        has_eos = ((inside & (self.ids[:, None, :s] == EOS_ID)).any(dim=-1) & ok).to(torch.int64)  # (B, C)
+        self.patch_doc.scatter_(1, pslot, self.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
+        self.n_closed += close.sum(dim=1)
+        self.n_eos_patches += has_eos.sum(dim=1)
+        self.patch_start.copy_(torch.maximum(self.patch_start, opened.max(dim=1).values))
+        self.length += valid.sum(dim=1)
+        self.n_docs += eos.sum(dim=1)
+        return pslot
 
     # ---- speculative drafts: keep the counters, put them back ------------------------------------
     def snapshot(self) -> dict[str, torch.Tensor]:

@@ -168,21 +168,11 @@ class LearnedBoundaries(nn.Module):
         cache.h.scatter_(1, slot[..., None].expand(-1, -1, h.shape[-1]), h.to(cache.h.dtype))
 
         # 3. Closed patches wait for the global model with their document, P_j and reset.
-        q = cache.patch_slots
-        pslot = torch.where(ok, cache.n_closed[:, None] + torch.arange(width, device=dev), q)  # (B, C); q = sink
-        vec = patch.reshape(b, width, -1)  # (B, C, k*De)
-        cache.patches.scatter_(1, pslot[..., None].expand(-1, -1, vec.shape[-1]), vec.to(cache.patches.dtype))
-        has_eos = ((inside & (cache.ids[:, None, :s] == EOS_ID)).any(dim=-1) & ok).to(torch.int64)  # (B, C)
-        cache.patch_doc.scatter_(1, pslot, cache.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
-        cache.patch_p.scatter_(1, pslot, cache.byte_p.gather(1, p_start))
-        cache.patch_first.scatter_(1, pslot, cache.byte_start.gather(1, p_start))
         own = cache.n_closed[:, None] + torch.cumsum(closes.to(torch.int64), dim=1)  # (B, T) pid of each byte
         own_start = torch.maximum(start_before, opened)  # (B, T) first byte of each byte's patch
-        cache.n_closed += closes.sum(dim=1)
-        cache.n_eos_patches += has_eos.sum(dim=1)
-        cache.patch_start.copy_(torch.maximum(cache.patch_start, opened.max(dim=1).values))
-        cache.length += valid.sum(dim=1)
-        cache.n_docs += eos.sum(dim=1)
+        pslot = cache.close_patches(patch, ok, inside, closes, opened, valid, eos)  # (B, C)
+        cache.patch_p.scatter_(1, pslot, cache.byte_p.gather(1, p_start))
+        cache.patch_first.scatter_(1, pslot, cache.byte_start.gather(1, p_start))
         last = (valid.sum(dim=1) - 1).clamp(min=0)  # each row's last real byte
         moved = valid.any(dim=1)
         cache.last_h.copy_(torch.where(moved[:, None], h[torch.arange(b, device=dev), last].to(cache.last_h.dtype),
@@ -200,7 +190,7 @@ class LearnedBoundaries(nn.Module):
         slots = torch.where(valid, read_slots(own, first), 0)  # (B, T)
         rope_d = rope_angles(pos.clamp(min=0), cfg.decoder.head_dim, cfg.decoder.rope_theta)
         mask = cache.dec.begin(pos, doc)  # (B, 1, T, S)
-        dcross = decoder_cross_mask(slots, q, k)  # (B, 1, T, Q*k)
+        dcross = decoder_cross_mask(slots, cache.patch_slots, k)  # (B, 1, T, Q*k)
         gate = ste_one(routing.confidence)
         logits = blt.local_decoder(h, table, rope_d, mask, dcross, cache, gate=gate)  # (B, T, V)
         return HNetOutput(logits, routing, starts) if return_routing else logits
