@@ -27,7 +27,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -115,13 +115,20 @@ def _finish_stats(per_shard: list[dict]) -> dict:
 def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_dir: str | os.PathLike,
                shard_docs: int = 256, limit_bytes: Optional[int] = None, threshold: Optional[float] = None,
                max_new_shards: Optional[int] = None, device=None, batch_size: int = 16,
-               log=print) -> dict:
+               log=print, documents: Optional[Callable[[], Iterable[tuple[str, bytes]]]] = None,
+               selection: Optional[dict] = None) -> dict:
     """Write (or resume) the entropy shards of ``data`` under ``out_dir``; returns the index.
 
     ``max_new_shards`` stops after that many newly computed shards (an interruption, for tests
     and for spreading work over jobs). The returned index has ``computed`` (shards computed by
     this call) and ``finished`` (all documents done). ``out_dir`` is locked while this writes
     (``bltkit.rundir``): a second precompute into it fails at once, naming the first's pid.
+
+    ``documents``, when given, returns the (source, document) pairs to compute, in a fixed order,
+    instead of reading ``data`` (with ``limit_bytes``): the documents a training run's loader reads
+    (``bltkit compare``). ``data`` then names their sources (what training checks the shards
+    cover), and ``selection`` (JSON data) records how they were chosen, a setting like the others:
+    a rerun with another selection is refused.
     """
     from bltkit.data.sources import check_byte_limit
     from bltkit.rundir import locked
@@ -133,11 +140,11 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
         raise ValueError("no data sources given")
     with locked(out_dir):
         return _precompute(entropy_model_dir, data, Path(out_dir), shard_docs, limit_bytes, threshold,
-                           max_new_shards, device, batch_size, log)
+                           max_new_shards, device, batch_size, log, documents, selection)
 
 
 def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, threshold, max_new_shards, device,
-                batch_size, log) -> dict:
+                batch_size, log, documents=None, selection=None) -> dict:
     from safetensors.torch import save_file
 
     from bltkit.patching.config import PatcherConfig, load_patcher_settings, resolve_patcher
@@ -168,6 +175,8 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
                 "limit_bytes": limit_bytes, "entropy_model": str(em.resolve()),
                 "weights": _fingerprint_file(em / WEIGHTS_FILE), "model_config": _fingerprint_file(em / CONFIG_FILE),
                 "patcher": stats_patcher}
+    if documents is not None:  # (an index written without a selection has no such key)
+        settings["selection"] = selection
     index_path = out / INDEX_FILE
     if index_path.is_file():
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -182,7 +191,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
 
     done = len(index["shards"])
     computed = 0
-    stream = _iter_sourced(data, limit_bytes)
+    stream = iter(documents()) if documents is not None else _iter_sourced(data, limit_bytes)
     k, exhausted, stopped = 0, False, False
     while not exhausted:
         batch: list[tuple[str, bytes]] = []

@@ -8,6 +8,7 @@ import torch
 
 from bltkit.cli import main
 from bltkit.data.corpus import builtin_corpus_path
+from bltkit.data.vocab import OFFSET
 from bltkit.patching.config import load_patcher_settings
 from bltkit.patching.patcher import Patcher
 from entropy_model.calibrate import calibrate_directory, calibrate_threshold
@@ -129,6 +130,24 @@ def test_precompute_resumes_without_redoing_shards(em_dir, tmp_path):
         precompute(em_dir, [str(data)], out, shard_docs=3, log=lambda *_: None)
     with pytest.raises(FileNotFoundError, match="index.json"):
         EntropyShards(tmp_path)
+
+
+def test_precompute_of_given_documents_records_their_selection(em_dir, tmp_path):
+    """``documents=`` computes exactly the given (source, document) pairs in order, under the
+    source names of ``data``; a rerun with another ``selection`` is refused, naming it."""
+    docs = [("src-a", b"first document"), ("src-a", b"second, longer document"), ("src-b", b"third")]
+    out = tmp_path / "out"
+    index = precompute(em_dir, ["src-a", "src-b"], out, shard_docs=2, documents=lambda: iter(docs),
+                       selection={"limit_bytes": 40}, log=lambda *_: None)
+    assert index["finished"] and index["computed"] == 2 and index["settings"]["selection"] == {"limit_bytes": 40}
+    shards = EntropyShards(out)
+    assert [bytes((ids[1:-1] - OFFSET).tolist()) for ids, _ in shards] == [d for _, d in docs]
+    assert [s["sources"] for s in index["shards"]] == [["src-a"], ["src-b"]]
+    assert precompute(em_dir, ["src-a", "src-b"], out, shard_docs=2, documents=lambda: iter(docs),
+                      selection={"limit_bytes": 40}, log=lambda *_: None)["computed"] == 0
+    with pytest.raises(ValueError, match="selection"):
+        precompute(em_dir, ["src-a", "src-b"], out, shard_docs=2, documents=lambda: iter(docs),
+                   selection={"limit_bytes": 80}, log=lambda *_: None)
 
 
 def test_patch_command_views(em_dir, capsys, tmp_path):

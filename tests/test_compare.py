@@ -263,3 +263,87 @@ def test_gpu_config_has_every_kind_at_matched_flops_a_byte():
     b = blt_flops_per_byte(load_blt_config(blt.model, blt.model_overrides), gpu.entropy.target_mean_patch_length,
                            seq)["total"]
     assert h == pytest.approx(b, rel=0.02)
+
+
+def _tiny_entropy_model(out, seed):
+    from bltkit.training.config import train_config_from_dict
+    from bltkit.training.loop import train
+
+    train(train_config_from_dict({"kind": "entropy", "model": "tiny", "steps": 3, "seed": seed, "progress": False,
+                                  "eval_every": 0, "checkpoint_every": 0,
+                                  "data": {"train": ["builtin/devil"], "seq_len": 32, "batch_size": 4,
+                                           "limit_bytes": 4000, "eval_rows": 2}}), out)
+    return out / "model"
+
+
+def test_entropy_variants_patch_from_one_precompute(tmp_path, monkeypatch):
+    """Two entropy-patched variants (the calibrated threshold; their own) read one precompute of the base data: the entropy model runs over the corpus once,
+    not per variant nor for calibration, and every figure equals on-the-fly patching's. A rerun
+    reuses the finished shards; another entropy model replaces them."""
+    from entropy_model import precompute as pre
+    from entropy_model.model import EntropyModel
+
+    from bltkit.compare.entropy import ENTROPIES_SUBDIR, ENTROPY_DIR, EntropyPatching
+
+    em = _tiny_entropy_model(tmp_path / "em", 1)
+    calls = {"precompute": 0, "forward_outside": 0}
+    depth = []
+    real_precompute, real_forward = pre.precompute, EntropyModel.forward
+
+    def counting_precompute(*args, **kwargs):
+        calls["precompute"] += 1
+        depth.append(1)
+        try:
+            return real_precompute(*args, **kwargs)
+        finally:
+            depth.pop()
+
+    def counting_forward(self, *args, **kwargs):
+        if not depth:
+            calls["forward_outside"] += 1
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(pre, "precompute", counting_precompute)
+    monkeypatch.setattr(EntropyModel, "forward", counting_forward)
+    base = {"data": {"train": ["builtin/devil"], "eval": ["builtin/devil:valid"], "limit_bytes": 4000, "seq_len": 32,
+                     "batch_size": 4, "eval_rows": 2}, "optim": {"lr": 1e-3}, "progress": False}
+    variants = [{"name": "ent", "kind": "blt", "model": "tiny", "patcher": {"scheme": "entropy"}},
+                {"name": "ent-own", "kind": "blt", "model": "tiny", "patcher": {"scheme": "entropy", "threshold": 1.5}}]
+
+    def config(precompute, model=em):
+        return cfgio.from_dict(CompareConfig, {
+            "budget": {"kind": "bytes", "value": 512}, "base": base, "variants": variants, "eval_points": 1,
+            "entropy": {"model": str(model), "target_mean_patch_length": 3.0, "calibration_bytes": 2000,
+                        "precompute": precompute}})
+
+    shared = run_compare(config(True), tmp_path / "pre")
+    assert calls == {"precompute": 1, "forward_outside": 0}
+    shards = tmp_path / "pre" / ENTROPY_DIR / ENTROPIES_SUBDIR
+    res = json.loads((tmp_path / "pre" / "results.json").read_text())
+    assert res["entropy_model"]["precomputed"] == str(shards) and res["entropy_model"]["precomputed_shards_computed"] >= 1
+    for name in ("ent", "ent-own"):
+        assert cfgio.read_yaml(tmp_path / "pre" / name / "config.yaml")["patcher"]["precomputed"] == str(shards)
+    assert cfgio.read_yaml(tmp_path / "pre" / "ent-own" / "config.yaml")["patcher"]["threshold"] == 1.5
+
+    fly = run_compare(config(False), tmp_path / "fly", only=["ent"])  # the model over each variant's batches
+    assert calls["precompute"] == 1 and calls["forward_outside"] > 0
+    assert json.loads((tmp_path / "fly" / "results.json").read_text())["entropy_model"]["threshold"] == \
+        res["entropy_model"]["threshold"]
+    a, b = shared[0], fly[0]
+    assert a.name == b.name == "ent"
+    assert (a.heldout_bpb, a.training_flops, a.bytes_seen, a.mean_patch_length, a.curve) == \
+           (b.heldout_bpb, b.training_flops, b.bytes_seen, b.mean_patch_length, b.curve)
+    assert [r.get("loss") for r in read_metrics(a.dir)] == [r.get("loss") for r in read_metrics(b.dir)]
+
+    stamp = (shards / "index.json").stat().st_mtime_ns
+    again = EntropyPatching(config(True), tmp_path / "pre", "test", None)
+    assert again.resolve(PatcherConfig(scheme="entropy")).precomputed == str(shards)
+    assert calls["precompute"] == 1 and again.precomputed_shards == 0
+    assert (shards / "index.json").stat().st_mtime_ns == stamp  # reused as it was
+
+    other = _tiny_entropy_model(tmp_path / "em2", 2)
+    swapped = EntropyPatching(config(True, other), tmp_path / "pre", "test", None)
+    swapped.resolve(PatcherConfig(scheme="entropy"))
+    assert swapped.precomputed_shards >= 1
+    index = json.loads((shards / "index.json").read_text())
+    assert index["settings"]["weights"] == pre._fingerprint_file(other / "model.safetensors")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bltkit import cli
+from bltkit import config as cfgio
 from bltkit.config import ConfigError, CONFIG_ROOT
 from bltkit.demo.config import DemoConfig, load_demo_config, shipped_name
 from bltkit.demo.data import heldout_documents, use_data, utf8_prefix
@@ -69,6 +70,9 @@ def test_quick_demo_variants_are_matched_trained_and_distinct(quick_demo):
     em = rec["entropy_model"]
     assert abs(em["calibrated_mean_patch_length"] - em["target_mean_patch_length"]) < 0.5
     assert 2.5 < kinds["blt-entropy"]["mean_patch_length"] < 7  # patches near the calibrated 4.5
+    # the entropy model ran over the data once; the BLT trained from those entropies
+    assert em["precomputed"] == str(out / "_entropy_model" / "entropies") and em["precomputed_shards_computed"] >= 1
+    assert cfgio.read_yaml(out / "blt-entropy" / "config.yaml")["patcher"]["precomputed"] == em["precomputed"]
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@
     bltkit compare my.yaml --out runs/cmp --only bytes --only patch-k4
     bltkit compare compare-gpu --out runs/cmp --set budget.value=2e17
 
-Each variant (byte-level baseline, fixed-K patch training, BLT with entropy / static / space
-patches, the H-Net's learned chunks; docs/compare.md) is trained with the one training loop at the budget the config names (training
-FLOPs or bytes), then scored on the same held-out rows. Writes OUT/<variant>/ (a bundle each),
+Each variant (byte-level baseline, fixed-K patch training, BLT with entropy / static / space /
+learned patches, the H-Net's learned chunks; docs/compare.md) is trained with the one training
+loop at the budget the config names (training FLOPs or bytes), then scored on the same held-out rows. Writes OUT/<variant>/ (a bundle each),
 OUT/results.json, OUT/results.md (the table) and OUT/bpb_vs_flops.png.
 """
 from __future__ import annotations

@@ -10,6 +10,7 @@
       - {name: blt-static4, kind: blt, model: tiny, patcher: {scheme: static, patch_size: 4}}
       - {name: blt-space, kind: blt, model: tiny, patcher: {scheme: space}}
       - {name: hnet, kind: hnet, model: tiny}                             # H-Net: learned chunks
+      - {name: blt-learned, kind: blt, model: tiny, patcher: {scheme: learned, target_ratio: 4.0}}
 
 Every variant reads the same data settings (``base.data``), so all are scored on the same held-out
 rows; a variant's ``set`` overrides (``key=value``, as ``bltkit train --set``) may change its
@@ -24,7 +25,8 @@ settings (``resolve_patcher``, in ``EntropyPatching.resolve``), the comparison's
 and calibrated threshold under the variant's own settings.
 
 A variant whose model chooses its own boundaries (``kind: hnet``, its target compression in its
-model config) is planned at its target (docs/compare.md).
+model config; a BLT with ``patcher: {scheme: learned, target_ratio: N}``) is planned at its
+target (docs/compare.md).
 """
 from __future__ import annotations
 
@@ -82,12 +84,18 @@ class VariantConfig:
 class EntropySetup:
     """The entropy model of entropy-patched variants: an existing one (``model``: a bundle or model
     directory) or one trained here from ``train`` (a TrainConfig of kind ``entropy``), then its
-    threshold calibrated on training text to ``target_mean_patch_length``."""
+    threshold calibrated on training text to ``target_mean_patch_length``. With ``precompute``
+    its entropies of the documents the variants read are computed once (``bltkit precompute``'s
+    shards, in ``OUT/_entropy_model/entropies/``) and every variant patching with it reads them."""
 
     model: Optional[str] = None
     train: dict[str, Any] = field(default_factory=dict)
     target_mean_patch_length: float = 4.5
     calibration_bytes: int = 200_000  # training text used to calibrate the threshold
+    # Entropies of the base data computed once for every variant (docs/compare.md). Without
+    # base.data.limit_bytes that is all of every training source: false patches on the fly instead,
+    # for a corpus much larger than the variants read.
+    precompute: bool = True
 
     def validate(self) -> None:
         if self.target_mean_patch_length <= 1:

@@ -10,8 +10,8 @@ reported apart (docs/measurement.md §2). ``mean_patch_length`` is training byte
 the global / backbone model: the BLT's patches, K for a patch phase, 1 for a byte phase.
 ``bytes_per_patch`` is the variant's own patch or chunk size: K of a fixed-K run (1 for the byte
 baseline), and for a BLT or H-Net the bytes a patch or chunk its final phase achieved over its
-training steps (the H-Net's logged ``bytes_per_chunk``, else the loop's ``mean_patch_length``),
-byte-weighted. A model that chooses its own boundaries is
+training steps (the H-Net's logged ``bytes_per_chunk``, the learned BLT's ``bytes_per_patch``,
+else the loop's ``mean_patch_length``), byte-weighted. A model that chooses its own boundaries is
 planned at its ``target_ratio`` (``patchtrain.schedule``); ``planned_flops`` is what the plan
 expected, ``training_flops`` what the run logged (docs/compare.md).
 """
@@ -111,17 +111,16 @@ def _bundle_figures(bundle_dir: Path) -> tuple[int, int, Optional[float]]:
 
 
 # what a learned-boundary run logs as its achieved compression, by kind; else the loop's figure
-_ACHIEVED_KEYS = ("bytes_per_chunk", "mean_patch_length")
+_ACHIEVED_KEYS = ("bytes_per_chunk", "bytes_per_patch", "mean_patch_length")
 
 
-def _bytes_per_patch(v: VariantConfig, res: PhasedResult) -> float:
-    """The variant's patch or chunk size (see the module docstring)."""
+def _achieved(phase_dir: str) -> float:
+    """Bytes a patch or chunk over one phase's training steps: its bytes over its positions, each
+    logged step weighted by its bytes (a step of few long patches counts for few positions)."""
     from ..training.metrics import read_metrics
 
-    if v.kind == "bytelm":
-        return float(v.patch_size) if v.patch_fraction > 0 else 1.0
     seen, positions, prev = 0.0, 0.0, 0
-    for r in read_metrics(res.phases[-1]["dir"]):
+    for r in read_metrics(phase_dir):
         key = next((k for k in _ACHIEVED_KEYS if r.get(k)), None)
         nbytes = int(r.get("bytes") or 0)
         if key is not None and nbytes > prev:
@@ -131,19 +130,19 @@ def _bytes_per_patch(v: VariantConfig, res: PhasedResult) -> float:
     return seen / positions if positions else 1.0
 
 
+def _bytes_per_patch(v: VariantConfig, res: PhasedResult) -> float:
+    """The variant's patch or chunk size (see the module docstring)."""
+    if v.kind == "bytelm":
+        return float(v.patch_size) if v.patch_fraction > 0 else 1.0
+    return _achieved(res.phases[-1]["dir"])
+
+
 def _mean_patch_length(phases: list[Phase], res: PhasedResult) -> float:
     """Training bytes per backbone position over the whole run (see the module docstring)."""
-    from ..training.metrics import read_metrics
-
     positions = 0.0
     for ph, info in zip(phases, res.phases):
         k = ph.config.task.get("patch_size", 1) if ph.config.kind == "bytelm" else None
-        if k is not None:
-            positions += info["bytes"] / k
-            continue
-        recs = [r for r in read_metrics(info["dir"]) if r.get("mean_patch_length")]
-        mpl = sum(r["mean_patch_length"] for r in recs) / len(recs) if recs else 1.0
-        positions += info["bytes"] / mpl
+        positions += info["bytes"] / (k if k is not None else _achieved(info["dir"]))
     return res.bytes / positions if positions else 1.0
 
 

@@ -1,8 +1,9 @@
 """The demo's steps in order (``bltkit demo``), each reported as it starts and timed:
 
-1. the entropy model: trained with the one loop (kind ``entropy``) and its threshold calibrated to
-   the target mean patch length (BLT paper §2.3; docs/reference-semantics.md §3, §4.2), by the comparison's
-   ``EntropyPatching``;
+1. the entropy model: trained with the one loop (kind ``entropy``), its entropies of the training
+   and held-out text computed once (every entropy-patched run reads them; docs/compare.md) and its
+   threshold calibrated to the target mean patch length (BLT paper §2.3;
+   docs/reference-semantics.md §3, §4.2), by the comparison's ``EntropyPatching``;
 2. the variants (by default the BLT with entropy patches, fixed-K patch training with K=4, λ=2/3,
    and the byte-level baseline; docs/fixed-k.md) trained at one matched FLOP budget
    (``bltkit.compare.runner.run_variant``: steps planned from the budget, measured on each
@@ -133,7 +134,8 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, source: str, config_dir: Optio
     # 1. entropy model: trained once, calibrated to the target mean patch length
     ent = EntropyPatching(cc, out, source, config_dir)
     target = cc.entropy.target_mean_patch_length if cc.entropy is not None else None
-    stages.start("entropy_model", f"entropy model: train, then calibrate the threshold to a mean patch length of {target}")
+    stages.start("entropy_model", f"entropy model: train, compute its entropies of the data once, then calibrate "
+                                  f"the threshold to a mean patch length of {target}")
     ent.resolve(PatcherConfig(scheme="entropy"))
     rec.entropy_model = ent.summary()
     say(f"threshold {ent.threshold:.4f} nats -> mean patch length {ent.calibrated_mean:.2f} bytes on training text")

@@ -11,7 +11,7 @@ Budgets (``Budget``): ``bytes`` gives each phase its share of the training bytes
 finds the byte count D whose phases cost the budget, ``D = F / sum_i(f_i * share_i / b_i)``, with
 ``f_i`` / ``b_i`` the training FLOPs / target bytes of one step of phase i, measured on the run's
 own first batches (so BLT variants, whose cost follows their patches, plan the same way). A model
-that chooses its own boundaries (the ``hnet`` kind) is
+that chooses its own boundaries (the ``hnet`` kind, a BLT with ``patcher: {scheme: learned}``) is
 planned at its target compression (``Task.planning_flops_per_batch``); its logged FLOPs then follow
 the compression it achieves. Step counts are rounded to whole steps; a phase that would get no
 step is an error naming the budget.

@@ -328,4 +328,25 @@ def heldout_batches(cfg: DataConfig, patcher: Optional[DocumentPatcher] = None, 
     return [_finish(cfg, rows[i:i + bs]) for i in range(0, len(rows), bs)]
 
 
-__all__ = ["DataConfig", "DataLoader", "heldout_batches", "heldout_documents", "training_documents", "patched_sources"]
+def heldout_patched(cfg: DataConfig) -> Iterator[tuple[str, int, bytes]]:
+    """The held-out documents ``heldout_batches`` patches with an entropy patcher: its groups of
+    ``PATCH_GROUP`` documents until ``data.eval_rows`` rows are packed. Rows of bytes
+    (``packing: bytes``) are cut by bytes alone, so the groups are found without patching; rows
+    of patches depend on the patches, and then every held-out document is listed."""
+    docs = heldout_documents(cfg)
+    if cfg.packing == "patches":
+        yield from docs
+        return
+    packer, rows = _packer(cfg, with_patches=False), 0
+    while rows < cfg.eval_rows:
+        drawn = list(itertools.islice(docs, PATCH_GROUP))
+        if not drawn:
+            return
+        for name, index, doc in drawn:
+            packer.add(document_ids(doc))
+            rows += len(packer.pop_rows())
+            yield name, index, doc
+
+
+__all__ = ["DataConfig", "DataLoader", "heldout_batches", "heldout_documents", "heldout_patched", "training_documents",
+           "patched_sources"]
