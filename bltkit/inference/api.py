@@ -166,7 +166,8 @@ class Handle:
             if compile:
                 raise ValueError("compile=True needs the cache (use_cache=True): the uncached loop changes shape every byte")
             return RecomputeStepper(self.model, patcher, self.entropy_model, self.device)
-        return CachedStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, compile=compile)
+        return CachedStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, compile=compile,
+                             learned_patches=self.kind == "blt" and self.learns_boundaries)
 
     def _prompts(self, prompts: list, max_new_bytes: int) -> list[list[int]]:
         if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or max_new_bytes < 1:

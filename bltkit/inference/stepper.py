@@ -44,9 +44,12 @@ class CachedStepper:
     """``start(prompts)`` -> logits (B, V); ``step(ids (B,), live (B,))`` -> logits (B, V)."""
 
     def __init__(self, model: nn.Module, patcher: Optional[PatcherConfig], entropy_model: Optional[nn.Module],
-                 max_bytes: int, device: torch.device, compile: bool | str = False, cuda_graph: bool = False):
+                 max_bytes: int, device: torch.device, compile: bool | str = False, cuda_graph: bool = False,
+                 learned_patches: bool = False):
         """``compile``: True compiles the one-byte step with inductor, a string names another
-        ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``."""
+        ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``.
+        ``learned_patches``: a BLT that places its own patches (no ``patcher``): it steps itself
+        and, like a BLT with a patcher, is told how many patches its global model may run on."""
         self.is_blt = patcher is not None
         if self.is_blt:
             patcher.check_ready()
@@ -55,6 +58,7 @@ class CachedStepper:
         if cuda_graph and torch.device(device).type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
         self.model, self.patcher = model, patcher
+        self.learned_patches = learned_patches
         self.em = entropy_model if self.is_blt and patcher.needs_scores else None
         self.max_bytes, self.device = max_bytes, torch.device(device)
         self.static = compile or cuda_graph
@@ -99,6 +103,8 @@ class CachedStepper:
     # ---- one chunk of bytes through every model --------------------------------------------------
     def feed(self, ids: torch.Tensor, valid: torch.Tensor, global_width: Optional[int] = None) -> torch.Tensor:
         """Feed ``ids`` (B, T) where ``valid``; logits (B, T, V) fp32."""
+        if self.learned_patches:
+            return self.model(ids, cache=self.cache, valid=valid, global_width=global_width)
         if not self.is_blt:
             return self.model(ids, cache=self.cache, valid=valid)
         pos = self.cache.length[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (B, T)

@@ -80,7 +80,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
             if patch_lengths is not None or starts_next is not None:
                 raise ValueError("this BLT learns its patch boundaries (boundaries: learned): give no "
                                  "patch_lengths or starts_next")
-            if validate:
+            if validate and cache is None:  # a cached step stays free of host syncs (as the given-patch step)
                 if ids.dim() != 2:
                     raise ValueError(f"ids must be (batch, bytes), got shape {tuple(ids.shape)}")
                 check_ids(ids)
