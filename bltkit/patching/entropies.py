@@ -92,6 +92,26 @@ def _pieces(length: int, chunk: Optional[int], context: int) -> list[tuple[int, 
     return out
 
 
+# On a CPU a batch holds at most this many positions (one default chunk of the tiny and paper
+# entropy models): beyond it the activations leave the cache, and a 64 KB row scored 16 chunks at a
+# time ran at 0.6x the rate of one chunk at a time (docs/benchmarks.md, "Entropy patching").
+CPU_BATCH_POSITIONS = 8192
+
+
+def _batches(jobs: list, batch_size: int, max_positions: Optional[int]) -> list[list]:
+    """Consecutive groups of ``jobs`` (sorted by width), each of at most ``batch_size`` jobs and,
+    when ``max_positions`` is set, at most that many padded positions (a lone wider job alone)."""
+    groups: list[list] = []
+    for job in jobs:
+        width = job[3] - job[1]  # the widest so far: jobs come sorted by width
+        last = groups[-1] if groups else None
+        if last is not None and len(last) < batch_size and (max_positions is None or width * (len(last) + 1) <= max_positions):
+            last.append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 @torch.inference_mode()
 def compute_entropies(
     scorer: nn.Module,
@@ -110,7 +130,8 @@ def compute_entropies(
     Results are on the device of the input rows.
 
     ``chunk_len`` (default: ``default_chunk_len``) streams rows longer than it in chunks that
-    overlap by the scorer's ``receptive_field``; ``batch_size`` chunks go through the scorer at a time.
+    overlap by the scorer's ``receptive_field``; ``batch_size`` chunks go through the scorer at a time (on a CPU, at most
+    ``CPU_BATCH_POSITIONS`` positions a batch).
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
@@ -148,8 +169,7 @@ def compute_entropies(
     was_training = scorer.training
     scorer.eval()
     try:
-        for k in range(0, len(jobs), batch_size):
-            group = jobs[k:k + batch_size]
+        for group in _batches(jobs, batch_size, CPU_BATCH_POSITIONS if device.type == "cpu" else None):
             width = max(e - s for _, s, _, e in group)
             x = torch.full((len(group), width), BOE_ID, dtype=torch.int64, device=device)  # (b, C)
             for j, (i, s, a, e) in enumerate(group):
