@@ -1,7 +1,8 @@
 """Windowed attention that costs its window: the blocked SDPA form and the FlexAttention
 BlockMask built from tile bounds equal the dense T x T reference, for every length, window,
-block size and EOS placement, in the entropy model and the BLT; and the blocked form's cost
-grows with T x window, not T^2."""
+block size and EOS placement, in the entropy model and the BLT; the blocked form's cost grows
+with T x window, not T^2; and the gathered slot spans of a cached decoder step equal the dense
+mask over every slot."""
 import dataclasses
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bltkit.data.vocab import EOS_ID
 from bltkit.model import ByteLatentTransformer, load_blt_config
-from bltkit.nn.attention import attend
-from bltkit.nn.masks import (LocalWindowMask, document_ids, local_causal_block_mask, local_causal_mask,
+from bltkit.nn.attention import CrossAttention, attend
+from bltkit.nn.masks import (LocalWindowMask, SlotSpanMask, document_ids, local_causal_block_mask, local_causal_mask,
                              local_self_mask, local_window_mask)
 from entropy_model.model import EntropyModel, EntropyModelConfig
 
@@ -47,6 +48,32 @@ def test_blocked_equals_dense(t, window, block, doc_reset, eos_at, gqa):
     ref = attend(q, k, v, dense(doc, window, doc_reset))
     out = attend(q, k, v, local_window_mask(doc, window, doc_reset, block))
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 12), s=st.integers(1, 40), width=st.integers(1, 4), seed=st.integers(0, 2**16),
+       empty_rows=st.sampled_from(["zero", "uniform"]))
+def test_slot_spans_equal_the_dense_mask(t, s, width, seed, empty_rows):
+    """Query i sees slots start[i] .. start[i] + width - 1: gathered, as a (B, 1, T, S) mask over
+    every slot gives; a row with no span (start -1, padding in a cached step) gives 0."""
+    g = torch.Generator().manual_seed(seed)
+    n = s * width
+    start = torch.randint(-1, s, (2, t), generator=g) * width
+    start = torch.where(start < 0, -1, start)
+    q, k, v = (torch.randn(2, 4, m, 8, generator=g) for m in (t, n, n))
+    slot = torch.arange(n)
+    dense_m = ((slot >= start[..., None]) & (slot < start[..., None] + width) & (start[..., None] >= 0))[:, None]
+    real = start >= 0
+    spans = SlotSpanMask(start, width)
+    if real.any():
+        ref = attend(q, k, v, dense_m | ~dense_m.any(-1, keepdim=True))
+        out = attend(q, k, v, spans)
+        torch.testing.assert_close(out.transpose(1, 2)[real], ref.transpose(1, 2)[real], atol=2e-6, rtol=1e-5)
+    layer = CrossAttention(32, 4, empty_rows=empty_rows)
+    x, kv = torch.randn(2, t, 32, generator=g), torch.randn(2, n, 32, generator=g)
+    got = layer(x, kv, spans)
+    torch.testing.assert_close(got[real], layer(x, kv, dense_m)[real], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got[~real], x[~real])  # no span: the residual only
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,6 +31,7 @@ from torch import nn
 from .. import config as cfgio
 from .. import weights
 from ..data.vocab import EOS_ID, check_ids
+from ..nn.masks import SlotSpanMask
 from ..nn.rope import rope_angles
 from ..patching.lengths import validate_patch_lengths
 from .cache import BLTCache
@@ -40,7 +41,7 @@ from .hash_embedding import HashNgramEmbedding
 from .learned import LearnedBLTCache, LearnedBoundaries
 from .local_decoder import LocalDecoder
 from .local_encoder import LocalEncoder
-from .masks import BLTMasks, build_masks, decoder_cross_mask, encoder_cross_mask, first_true
+from .masks import BLTMasks, build_masks, encoder_cross_mask, first_true
 
 class ByteLatentTransformer(weights.Pretrained, nn.Module):
     config_class = BLTConfig  # save_pretrained / from_pretrained: bltkit.weights.Pretrained
@@ -236,7 +237,8 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         dpid = torch.minimum(closed_after, cache.n_global[:, None]) - 1  # (B, T)
         rope_d = rope_angles(pos.clamp(min=0), cfg.decoder.head_dim, cfg.decoder.rope_theta)
         mask = cache.dec.begin(pos, doc)  # (B, 1, T, S)
-        cross = decoder_cross_mask(dpid, cache.patch_slots, cfg.cross_attn.k)  # (B, 1, T, Q*k)
+        k = cfg.cross_attn.k
+        cross = SlotSpanMask(torch.where(dpid >= 0, dpid * k, -1), k)  # byte -> the k slots of patch dpid
         return self.local_decoder(h, patches, rope_d, mask, cross, cache)  # (B, T, V)
 
     def resolve_attn_impl(self, device: torch.device, override: Optional[str] = None) -> str:

@@ -39,10 +39,11 @@ from torch import nn
 from ..data.vocab import EOS_ID
 from ..nn.chunking import Routing, RoutingModule, downsample, ema_scan, ste_one
 from ..nn.init import trunc_normal_
+from ..nn.masks import SlotSpanMask
 from ..nn.rope import rope_angles
 from .cache import BLTCache
 from .hnet import HNetOutput, forced_starts  # the same output and start rule as the H-Net kind
-from .masks import (byte_masks, decoder_cross_mask, encoder_cross_mask, first_true, masks_from_patch_ids,
+from .masks import (byte_masks, encoder_cross_mask, first_true, masks_from_patch_ids,
                     patch_document_ids)
 
 SLOT_MULTIPLE = 16  # patch slots a row: the batch's largest count rounded up to this (fewer shapes)
@@ -190,7 +191,7 @@ class LearnedBoundaries(nn.Module):
         slots = torch.where(valid, read_slots(own, first), 0)  # (B, T)
         rope_d = rope_angles(pos.clamp(min=0), cfg.decoder.head_dim, cfg.decoder.rope_theta)
         mask = cache.dec.begin(pos, doc)  # (B, 1, T, S)
-        dcross = decoder_cross_mask(slots, cache.patch_slots, k)  # (B, 1, T, Q*k)
+        dcross = SlotSpanMask(slots * k, k)  # each byte reads the k cross slots of its patch
         gate = ste_one(routing.confidence)
         logits = blt.local_decoder(h, table, rope_d, mask, dcross, cache, gate=gate)  # (B, T, V)
         return HNetOutput(logits, routing, starts) if return_routing else logits

@@ -1,14 +1,16 @@
 """Attention layers. Axes: B batch, H heads, T query positions, S key positions, hd head dim.
 
-Three interchangeable mask forms reach ``attend`` (built in ``masks.py``):
+Four interchangeable mask forms reach ``attend`` (built in ``masks.py``):
 - a boolean tensor broadcastable to (B, H, T, S), True = may attend: the reference path, runs
   anywhere through ``scaled_dot_product_attention``;
 - a ``LocalWindowMask``: sliding-window self-attention as blocks of queries, each attending to
   the keys its window can reach, through SDPA on any device, costing T x (block + window);
 - a FlexAttention ``BlockMask`` built from patch/document ids: the fast CUDA path, with no dense
-  bytes x patches tensor.
-All give the same values (tests/test_attention.py: blocked and flex equal dense; tests/test_model.py:
-flex equals SDPA through the whole BLT).
+  bytes x patches tensor;
+- a ``SlotSpanMask``: each query sees a few consecutive key slots (a cached decoder byte and its
+  patch's k cross vectors), gathered, costing T x width instead of T x S.
+All give the same values (tests/test_attention.py: blocked, spans and flex equal dense;
+tests/test_model.py: flex equals SDPA through the whole BLT).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from .init import trunc_normal_
-from .masks import LocalWindowMask
+from .masks import LocalWindowMask, SlotSpanMask
 from .norm import RMSNorm
 from .rope import apply_rope
 
@@ -68,6 +70,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) 
         v = v.repeat_interleave(rep, dim=1)
     if isinstance(mask, LocalWindowMask):
         return _windowed(q, k, v, mask, scale)
+    if isinstance(mask, SlotSpanMask):
+        return _spans(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -96,6 +100,19 @@ def _windowed(q, k, v, m: LocalWindowMask, scale: float) -> torch.Tensor:
         vb = v[r].unfold(1, span, c).transpose(-1, -2)
         out[r] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias[r:r + 1], scale=scale).view(h, n * c, d)
     return out[:, :, :t]
+
+
+def _spans(q, k, v, m: SlotSpanMask, scale: float) -> torch.Tensor:
+    """Attention of query t over keys ``m.start[t] .. + m.width - 1`` only. Axes: w the span.
+    q (B, H, T, hd), k/v (B, H, S, hd) -> (B, H, T, hd). Scores and softmax in fp32 (as SDPA's
+    CPU kernels accumulate); an empty row (start < 0) reads slot 0 and is the caller's to mask."""
+    b, t = m.start.shape
+    idx = m.start.clamp(min=0)[..., None] + torch.arange(m.width, device=q.device)  # (B, T, w)
+    rows = torch.arange(b, device=q.device)[:, None, None]
+    kg, vg = k[rows, :, idx], v[rows, :, idx]  # (B, T, w, H, hd): advanced indices first
+    scores = torch.einsum("bhtd,btwhd->bhtw", q.float(), kg.float()) * scale  # (B, H, T, w)
+    p = scores.softmax(dim=-1)
+    return torch.einsum("bhtw,btwhd->bhtd", p, vg.float()).to(q.dtype)
 
 
 class KVCacheLike(Protocol):
@@ -186,6 +203,10 @@ class CrossAttention(nn.Module):
             # FlexAttention already returns 0 for a row with no key; the uniform (HF) variant needs
             # the dense path and is rejected when the model config is built.
             out = attend(q, k, v, mask)
+        elif isinstance(mask, SlotSpanMask):
+            # Only padding has no span in a cached step (its output is never read), so both
+            # ``empty_rows`` settings give it 0 here.
+            out = torch.where(mask.has_key(), attend(q, k, v, mask), torch.zeros((), dtype=q.dtype, device=q.device))
         else:
             has_key = mask.any(dim=-1, keepdim=True)  # (B, 1, T, 1)
             safe = mask | ~has_key  # an empty row sees every key: finite, the plain average

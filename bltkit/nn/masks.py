@@ -130,6 +130,22 @@ def local_window_mask(doc: torch.Tensor, window: int, doc_reset: bool = True,
     return LocalWindowMask(t, window, block, band, doc_q, doc_k)
 
 
+# ---- spans: each query sees a few consecutive slots, gathered ----------------------------------
+@dataclass
+class SlotSpanMask:
+    """Query t sees exactly the keys ``start[t] .. start[t] + width - 1`` (a byte reading the k
+    cross vectors of one patch in a cached decoder step): ``attend`` gathers those ``width`` keys
+    a query instead of scoring all S slots with a (B, 1, T, S) mask, so a step costs T x width,
+    not T x S. ``start < 0``: no key (an empty row; ``CrossAttention`` returns 0 for it)."""
+
+    start: torch.Tensor  # (B, T) int64 first visible slot, -1 = none
+    width: int
+
+    def has_key(self) -> torch.Tensor:
+        """(B, 1, T, 1) bool: which queries see a key."""
+        return (self.start >= 0)[:, None, :, None]
+
+
 # ---- flex: a BlockMask from block bounds, O((T / 128)^2) to build ------------------------------
 def _local_mask_mod(doc: torch.Tensor, window: Optional[int], doc_reset: bool):
     def mask_mod(bi, h, q, k):
