@@ -140,6 +140,23 @@ def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
                 out = m(ids[:, t:t + 1], cache=cache, starts_next=starts[:, t + 1:t + 2])[:, -1]
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), mode=st.sampled_from(["max", "min", "mean"]), seed=st.integers(0, 2**16))
+def test_pooling_one_patch_equals_the_scatter(n, mode, seed):
+    """A decode step pools its one closing patch as a masked reduction (``_pool_one``): the
+    values of the scatter-reduce over more patches, 0 for an empty patch."""
+    from bltkit.model.local_encoder import pool_patches
+
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2, n, 8, generator=g)
+    pid = torch.randint(0, 3, (2, n), generator=g)  # 0: the patch; 1, 2: other patches
+    pid[1] = 1 + pid[1].clamp(max=1)  # row 1 has no byte in patch 0
+    one = pool_patches(h, torch.where(pid == 0, 0, 1), 1, mode)  # (B, 1, D); 1 = "no patch asked"
+    ref = pool_patches(h, pid, 3, mode)[:, :1]
+    torch.testing.assert_close(one, ref, atol=1e-6, rtol=1e-6)
+    assert (one[1] == 0).all()
+
+
 def test_entropy_model_cache_equals_forward(models):
     """The entropy model's ring cache (window 24) gives its full-sequence logits, EOS included."""
     _, em, _ = models

@@ -64,8 +64,11 @@ class CachedStepper:
         self.static = compile or cuda_graph
         self.cuda_graph = cuda_graph
         backend = compile if isinstance(compile, str) else "inductor"
-        self._step_fn = torch.compile(self._step_eager, fullgraph=True, dynamic=False, backend=backend) \
-            if compile else self._step_eager
+        # On a CPU, inductor's C++ wrapper calls the step's kernels without a Python call per
+        # kernel: 12% more bytes a second on the tiny BLT (docs/benchmarks.md, "Cached generation").
+        options = {"cpp_wrapper": True} if backend == "inductor" and self.device.type == "cpu" else None
+        self._step_fn = torch.compile(self._step_eager, fullgraph=True, dynamic=False, backend=backend,
+                                      options=options) if compile else self._step_eager
         self._graph = None
 
     # ---- the caches ------------------------------------------------------------------------------

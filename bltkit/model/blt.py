@@ -31,6 +31,7 @@ from torch import nn
 from .. import config as cfgio
 from .. import weights
 from ..data.vocab import EOS_ID, check_ids
+from ..nn.kv_cache import put_slots
 from ..nn.masks import SlotSpanMask
 from ..nn.rope import rope_angles
 from ..patching.lengths import validate_patch_lengths
@@ -182,7 +183,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         cache.enc_cross.write_at(slot)
         cross = encoder_cross_mask(slot_pid, width, c.k)  # (B, 1, C*k, S)
         h, patch = self.local_encoder(x, rope_e, mask, cross, slot_pid, width, cache)  # (B, T, De), (B, C*k, De)
-        cache.h.scatter_(1, slot[..., None].expand(-1, -1, h.shape[-1]), h.to(cache.h.dtype))
+        put_slots(cache.h, slot, h)
 
         # 4. Closed patches wait in their slots for the global model, with their document.
         closed_after = cache.n_closed[:, None] + torch.cumsum(close.to(torch.int64), dim=1)  # (B, T)
@@ -200,7 +201,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         cache._slot = slot
         eos = ((ids == EOS_ID) & valid).to(torch.int64)
         doc = cache.n_docs[:, None] + torch.cumsum(eos, dim=1) - eos  # (B, T) EOS ends its document
-        cache.ids.scatter_(1, slot, ids)
+        put_slots(cache.ids, slot, ids)
         x = self.local_encoder.tok_embeddings(ids)  # (B, T, De)
         n = max(cfg.hash.group_sizes) if cfg.hash.n_tables else 1
         ctx_pos = cache.length[:, None] - (n - 1) + torch.arange(t + n - 1, device=dev)  # (B, T + n - 1)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..data.vocab import EOS_ID
-from ..nn.kv_cache import KVCache, StackCache
+from ..nn.kv_cache import KVCache, StackCache, put_slots
 
 COUNTERS = ("length", "n_docs", "patch_start", "n_closed", "n_global", "n_eos_patches")
 
@@ -70,7 +70,7 @@ class BLTCache:
     def byte_states(self, j: int, h: torch.Tensor) -> torch.Tensor:
         """Store the step's states (B, T, De) of cross layer j; return all byte slots' (B, S, De)."""
         buf = self.states[j]
-        buf.scatter_(1, self._slot[..., None].expand(-1, -1, h.shape[-1]), h.to(buf.dtype))
+        put_slots(buf, self._slot, h)
         return buf[:, :self.max_bytes]
 
     def close_patches(self, patch: torch.Tensor, ok: torch.Tensor, inside: torch.Tensor, close: torch.Tensor,
@@ -83,10 +83,10 @@ class BLTCache:
         b, width = ok.shape
         pslot = torch.where(ok, self.n_closed[:, None] + torch.arange(width, device=ok.device), self.patch_slots)
         vec = patch.reshape(b, width, -1)  # (B, C, k*De)
-        self.patches.scatter_(1, pslot[..., None].expand(-1, -1, vec.shape[-1]), vec.to(self.patches.dtype))
+        put_slots(self.patches, pslot, vec)
         s = inside.shape[-1]
         has_eos = ((inside & (self.ids[:, None, :s] == EOS_ID)).any(dim=-1) & ok).to(torch.int64)  # (B, C)
-        self.patch_doc.scatter_(1, pslot, self.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
+        put_slots(self.patch_doc, pslot, self.n_eos_patches[:, None] + torch.cumsum(has_eos, dim=1) - has_eos)
         self.n_closed += close.sum(dim=1)
         self.n_eos_patches += has_eos.sum(dim=1)
         self.patch_start.copy_(torch.maximum(self.patch_start, opened.max(dim=1).values))

@@ -39,6 +39,7 @@ from torch import nn
 from ..data.vocab import EOS_ID
 from ..nn.chunking import Routing, RoutingModule, downsample, ema_scan, ste_one
 from ..nn.init import trunc_normal_
+from ..nn.kv_cache import put_slots
 from ..nn.masks import SlotSpanMask
 from ..nn.rope import rope_angles
 from .cache import BLTCache
@@ -149,8 +150,8 @@ class LearnedBoundaries(nn.Module):
         starts = forced_starts(ids, True, prev_eos=prev_eos, first=cache.length == 0) & valid
         routing = self.router(h, starts=starts, prev=cache.last_h.to(h.dtype), valid=valid)
         bound = routing.boundary  # (B, T)
-        cache.byte_p.scatter_(1, slot, routing.prob.to(cache.byte_p.dtype))
-        cache.byte_start.scatter_(1, slot, starts)
+        put_slots(cache.byte_p, slot, routing.prob)
+        put_slots(cache.byte_start, slot, starts)
 
         # 2. A boundary at byte t closes the patch before it, bytes [start, t - 1], C a row.
         opened = torch.where(bound, pos, -1)  # (B, T)
@@ -166,14 +167,14 @@ class LearnedBoundaries(nn.Module):
         cache.enc_cross.write_at(slot)
         cross = encoder_cross_mask(slot_pid, width, k)  # (B, 1, C*k, S)
         patch = blt.local_encoder.cross_step(0, h, None, cross, slot_pid, width, cache)  # (B, C*k, De)
-        cache.h.scatter_(1, slot[..., None].expand(-1, -1, h.shape[-1]), h.to(cache.h.dtype))
+        put_slots(cache.h, slot, h)
 
         # 3. Closed patches wait for the global model with their document, P_j and reset.
         own = cache.n_closed[:, None] + torch.cumsum(closes.to(torch.int64), dim=1)  # (B, T) pid of each byte
         own_start = torch.maximum(start_before, opened)  # (B, T) first byte of each byte's patch
         pslot = cache.close_patches(patch, ok, inside, closes, opened, valid, eos)  # (B, C)
-        cache.patch_p.scatter_(1, pslot, cache.byte_p.gather(1, p_start))
-        cache.patch_first.scatter_(1, pslot, cache.byte_start.gather(1, p_start))
+        put_slots(cache.patch_p, pslot, cache.byte_p.gather(1, p_start))
+        put_slots(cache.patch_first, pslot, cache.byte_start.gather(1, p_start))
         last = (valid.sum(dim=1) - 1).clamp(min=0)  # each row's last real byte
         moved = valid.any(dim=1)
         cache.last_h.copy_(torch.where(moved[:, None], h[torch.arange(b, device=dev), last].to(cache.last_h.dtype),

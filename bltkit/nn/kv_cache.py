@@ -35,15 +35,26 @@ from torch import nn
 from .masks import local_causal_mask
 
 
+def put_slots(buf: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
+    """``buf[b, slot[b, t]] = values[b, t]`` for ``buf`` (B, S + 1, ...), ``slot`` (B, T): an
+    ``index_put_``, which a compiled step writes in place; inductor copies a ``scatter_`` target
+    whole (into a temporary and back) every step (docs/benchmarks.md, "Cached generation")."""
+    rows = torch.arange(buf.shape[0], device=buf.device)[:, None]  # (B, 1)
+    buf[rows, slot] = values.to(buf.dtype)
+
+
 class KVCache:
     def __init__(self, n_layers: int, batch: int, slots: int, heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         if slots < 1:
             raise ValueError(f"cache slots must be >= 1, got {slots}")
         self.slots = slots
-        shape = (n_layers, batch, heads, slots + 1, head_dim)  # slot ``slots`` is the sink
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # One buffer a layer, not one stacked tensor: a compiled step then writes each layer's
+        # slots in place, where a write into a view of a stacked buffer is functionalised into
+        # a copy of the whole stack every step.
+        shape = (batch, heads, slots + 1, head_dim)  # slot ``slots`` is the sink
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self._slot: Optional[torch.Tensor] = None  # (B, T) where this step's entries go
 
     @classmethod
@@ -56,7 +67,7 @@ class KVCache:
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     def write_at(self, slot: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """The slots (B, T) of the next step's new entries; invalid ones go to the sink."""
@@ -74,9 +85,9 @@ class _LayerView:
         """Write this step's K/V (B, H, T, hd) into their slots; return all S slots (B, H, S, hd)."""
         c = self.cache
         kb, vb = c.k[self.i], c.v[self.i]
-        idx = c._slot[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        kb.scatter_(2, idx, k.to(kb.dtype))
-        vb.scatter_(2, idx, v.to(vb.dtype))
+        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]  # (B, 1)
+        kb[rows, :, c._slot] = k.transpose(1, 2).to(kb.dtype)  # as put_slots, values (B, T, H, hd)
+        vb[rows, :, c._slot] = v.transpose(1, 2).to(vb.dtype)
         return kb[:, :, :c.slots], vb[:, :, :c.slots]
 
 
@@ -99,8 +110,8 @@ class StackCache(KVCache):
         documents ``doc``; returns the attention mask (B, 1, T, S), True = may attend."""
         valid = pos >= 0
         self.write_at(pos, valid)
-        self.pos.scatter_(1, self._slot, torch.where(valid, pos, -1))
-        self.doc.scatter_(1, self._slot, doc)
+        put_slots(self.pos, self._slot, torch.where(valid, pos, -1))
+        put_slots(self.doc, self._slot, doc)
         kpos, kdoc = self.pos[:, :self.slots], self.doc[:, :self.slots]
         m = local_causal_mask(doc, kdoc, pos, kpos, self.window, self.doc_reset)  # (B, 1, T, S)
         return (m & (kpos >= 0)[:, None, None, :]) | (~valid)[:, None, :, None]
@@ -133,4 +144,4 @@ class StackCache(KVCache):
             self.n_docs.copy_(n_docs)
 
 
-__all__ = ["KVCache", "StackCache"]
+__all__ = ["KVCache", "StackCache", "put_slots"]
