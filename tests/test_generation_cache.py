@@ -253,6 +253,34 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(models):
         assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-5
 
 
+def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
+    """After a generation's first step, a compiled step evaluates only the guards that tell
+    compiled entries apart: two models of the same shapes but another pooling (a value the
+    graph specialises on) stepped in turn each still run their own graph."""
+    torch.manual_seed(3)
+    blts = [ByteLatentTransformer(load_blt_config("tiny", SMALL + [f"cross_attn.pooling={m}"])).eval()
+            for m in ("max", "mean")]
+    blts[1].load_state_dict(blts[0].state_dict())
+    cfg = PatcherConfig(scheme="space")
+    prompt = [encode("a b c d", eos=False)]
+    ids = torch.tensor([ord("e") + 4])
+
+    def run(steppers):
+        out = [[] for _ in steppers]
+        for st in steppers:
+            st.start(prompt)
+        for _ in range(6):
+            for i, st in enumerate(steppers):
+                out[i].append(st.step(ids))
+        return [torch.stack(o) for o in out]
+
+    eager = run([CachedStepper(b, cfg, None, 20, CPU) for b in blts])
+    comp = run([CachedStepper(b, cfg, None, 20, CPU, compile="eager") for b in blts])
+    assert (eager[0] - eager[1]).abs().max() > 1e-4  # the two models differ
+    for e, c in zip(eager, comp):
+        torch.testing.assert_close(c, e, atol=1e-5, rtol=0)
+
+
 def test_generation_past_the_preallocated_cache_is_a_clear_error(models):
     blt, em, th = models
     st = CachedStepper(blt, _patcher("space", th), em, 6, CPU)

@@ -19,6 +19,7 @@ the compiled and graph steps run it on every byte with the closing mask instead 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -27,6 +28,15 @@ from torch import nn
 from ..patching.config import PatcherConfig
 from ..patching.entropies import entropy
 from .boundaries import OnlineBoundaries
+
+
+def _later_steps():
+    """The stance of a compiled step after a generation's first: only the guards that tell
+    compiled entries apart (torch >= 2.7; a plain context before)."""
+    try:
+        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    except (AttributeError, TypeError):  # pragma: no cover - older torch
+        return contextlib.nullcontext()
 
 
 def pad_prompts(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +72,7 @@ class CachedStepper:
         self.em = entropy_model if self.is_blt and patcher.needs_scores else None
         self.max_bytes, self.device = max_bytes, torch.device(device)
         self.static = compile or cuda_graph
+        self.compiled = bool(compile)
         self.cuda_graph = cuda_graph
         backend = compile if isinstance(compile, str) else "inductor"
         # On a CPU, inductor's C++ wrapper calls the step's kernels without a Python call per
@@ -70,6 +81,7 @@ class CachedStepper:
         self._step_fn = torch.compile(self._step_eager, fullgraph=True, dynamic=False, backend=backend,
                                       options=options) if compile else self._step_eager
         self._graph = None
+        self._guarded = False
 
     # ---- the caches ------------------------------------------------------------------------------
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -81,6 +93,7 @@ class CachedStepper:
         self.bounds = OnlineBoundaries(self.patcher, b, self.device) if self.is_blt else None
         self._graph = None
         ids, valid = pad_prompts(prompts, self.device)
+        self._guarded = False  # the first compiled step checks every guard
         with torch.no_grad():
             logits = self.feed(ids, valid)  # (B, T, V)
         last = valid.sum(dim=1) - 1
@@ -95,7 +108,15 @@ class CachedStepper:
         with torch.no_grad():
             if self.cuda_graph:
                 return self._graph_step(ids, live)
-            return self._step_fn(ids, live)
+            if not (self.compiled and self._guarded):
+                self._guarded = True
+                return self._step_fn(ids, live)
+            # Every step of a generation has its first step's inputs (the same objects, shapes
+            # and settings), which passed every guard; the later steps evaluate only the guards
+            # that tell compiled entries apart (``torch.compiler.set_stance``): 13% of a tiny
+            # compiled step (docs/benchmarks.md, "Cached generation").
+            with _later_steps():
+                return self._step_fn(ids, live)
 
     def _check_room(self, n: int) -> None:
         if n > self.max_bytes:
