@@ -281,6 +281,26 @@ def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
         torch.testing.assert_close(c, e, atol=1e-5, rtol=0)
 
 
+def test_eager_steps_read_only_the_slots_rows_reached(models):
+    """An eager step reads the cache slots the longest row has reached, not every preallocated
+    one (its cost follows the text, not ``max_bytes``), with the same logits as a compiled-shape
+    step that reads all of them."""
+    blt, em, th = models
+    cfg = _patcher("entropy", th)
+    prompts = [encode(p, eos=False) for p in ["Hi there", "a ragged batch"]]
+    eager, static = CachedStepper(blt, cfg, em, 400, CPU), CachedStepper(blt, cfg, em, 400, CPU, compile="eager")
+    a, b = eager.start(prompts), static.start(prompts)
+    n = max(len(p) for p in prompts)
+    assert (eager.cache.visible, eager.cache.enc.visible, eager.cache.glob.visible, eager.ecache.visible) == \
+        (n, n, n + 1, n)
+    assert (static.cache.visible, static.cache.dec.visible, static.ecache.visible) == (400, 400, 400)
+    for _ in range(5):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        ids = a.argmax(dim=-1)
+        a, b = eager.step(ids), static.step(ids)
+    assert eager.cache.visible == n + 5 and static.cache.visible == 400
+
+
 def test_generation_past_the_preallocated_cache_is_a_clear_error(models):
     blt, em, th = models
     st = CachedStepper(blt, _patcher("space", th), em, 6, CPU)

@@ -14,8 +14,10 @@ host sync and compiles whole (``compile=True``: ``torch.compile(fullgraph=True)`
 as a CUDA graph (``cuda_graph=True``). A step past ``max_bytes`` is an error naming both lengths:
 caches are sized once, from the request, and never grow.
 
-The eager step lets the host skip the global model when no patch closed (one read of a count);
-the compiled and graph steps run it on every byte with the closing mask instead (static shapes).
+The eager step lets the host skip the global model when no patch closed (one read of a count)
+and reads only the cache slots the longest row has reached (``see``; so does the prompt's chunk
+on every path); the compiled and graph steps run the global model on every byte with the
+closing mask instead and read every slot (static shapes).
 """
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ class CachedStepper:
         self._guarded = False  # the first compiled step checks every guard
         with torch.no_grad():
             logits = self.feed(ids, valid)  # (B, T, V)
+        if self.static:
+            self._see(self.max_bytes)  # a compiled step reads every slot: static shapes
         last = valid.sum(dim=1) - 1
         return logits[torch.arange(b, device=self.device), last]
 
@@ -127,6 +131,8 @@ class CachedStepper:
     # ---- one chunk of bytes through every model --------------------------------------------------
     def feed(self, ids: torch.Tensor, valid: torch.Tensor, global_width: Optional[int] = None) -> torch.Tensor:
         """Feed ``ids`` (B, T) where ``valid``; logits (B, T, V) fp32."""
+        if not self.static or ids.shape[1] > 1:  # eager (a prompt's chunk is, on every path): read
+            self._see(int(self.cache.length.max()) + ids.shape[1])  # only the slots rows reach
         if self.learned_patches:
             return self.model(ids, cache=self.cache, valid=valid, global_width=global_width)
         if not self.is_blt:
@@ -135,6 +141,11 @@ class CachedStepper:
         h = entropy(self.em(ids, cache=self.ecache, valid=valid)) if self.em is not None else None  # (B, T)
         starts_next = self.bounds.decide(ids, pos, h, valid)  # (B, T)
         return self.model(ids, cache=self.cache, starts_next=starts_next, valid=valid, global_width=global_width)
+
+    def _see(self, n: int) -> None:
+        for c in (self.cache, self.ecache):
+            if c is not None and hasattr(c, "see"):  # the H-Net's cache reads every slot
+                c.see(n)
 
     def _step_eager(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         return self.feed(ids[:, None], live[:, None], 1 if self.static else None)[:, 0]  # (B, V)

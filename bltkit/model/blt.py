@@ -162,7 +162,7 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         patches closed after each byte (B, T)."""
         cfg, c = self.config, self.config.cross_attn
         b, t = ids.shape
-        dev, s = ids.device, cache.max_bytes
+        dev, s = ids.device, cache.visible  # the byte slots this step reads (BLTCache.see)
         # 1. Byte + hash n-gram embeddings; the n-grams reach back into the cached bytes.
         x, pos, slot, doc, eos = self.step_inputs(ids, valid, cache)  # x (B, T, De)
 

@@ -44,6 +44,7 @@ class BLTCache:
         w = model.local_encoder.tok_embeddings.weight
         dev, dt = w.device, w.dtype
         self.max_bytes, self.k = max_bytes, c.k
+        self.visible = max_bytes  # byte slots a step reads (``see``)
         s, q = max_bytes, max_bytes + 1
         self.ids = torch.zeros(batch, s + 1, dtype=torch.int64, device=dev)
         self.enc = StackCache(model.local_encoder.layers, batch, s, e.window, e.doc_reset)
@@ -67,11 +68,19 @@ class BLTCache:
     def patch_slots(self) -> int:
         return self.glob.slots
 
+    def see(self, n_bytes: int) -> None:
+        """The next steps read the first ``n_bytes`` byte slots (and patch slots) only: the caller
+        knows every later one is empty (``bltkit.nn.kv_cache``, ``see``)."""
+        self.visible = max(1, min(int(n_bytes), self.max_bytes))
+        for c in (self.enc, self.enc_cross, self.dec):
+            c.see(self.visible)
+        self.glob.see(self.visible + 1)  # patches <= bytes; the decoder reads its k slots by index
+
     def byte_states(self, j: int, h: torch.Tensor) -> torch.Tensor:
-        """Store the step's states (B, T, De) of cross layer j; return all byte slots' (B, S, De)."""
+        """Store the step's states (B, T, De) of cross layer j; return the visible byte slots' (B, S, De)."""
         buf = self.states[j]
         put_slots(buf, self._slot, h)
-        return buf[:, :self.max_bytes]
+        return buf[:, :self.visible]
 
     def close_patches(self, patch: torch.Tensor, ok: torch.Tensor, inside: torch.Tensor, close: torch.Tensor,
                       opened: torch.Tensor, valid: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:

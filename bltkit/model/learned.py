@@ -139,7 +139,7 @@ class LearnedBoundaries(nn.Module):
         on the host; 1 for a one-byte step, where at most one patch closes: static shapes)."""
         cfg, k = blt.config, blt.config.cross_attn.k
         b, t = ids.shape
-        dev, s = ids.device, cache.max_bytes
+        dev, s = ids.device, cache.visible  # the byte slots this step reads (BLTCache.see)
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.to(torch.bool)
         prev_eos = (cache.ids.gather(1, (cache.length - 1).clamp(min=0)[:, None])[:, 0] == EOS_ID) & (cache.length > 0)
         x, pos, slot, doc, eos = blt.step_inputs(ids, valid, cache)  # x (B, T, De)

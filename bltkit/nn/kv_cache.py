@@ -22,7 +22,9 @@ already call:
   counters plus ``advance(valid, ends_doc)`` serve a plain LM whose rows grow one token at a time.
 
 A query at position -1 (padding) sees every slot, so its attention stays finite; its output is
-never read. A position at or beyond ``slots`` is the caller's error (checked on the host, where
+never read. ``see(n)`` narrows what the next steps read to the first n slots, when the caller knows
+on the host that every later slot is empty (an eager step: its cost then follows the longest row,
+not the preallocated length; a compiled step keeps every slot, its shapes static). A position at or beyond ``slots`` is the caller's error (checked on the host, where
 lengths are known, so the step itself stays sync-free).
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ class KVCache:
         shape = (batch, heads, slots + 1, head_dim)  # slot ``slots`` is the sink
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.visible = slots  # slots a step reads (``see``)
         self._slot: Optional[torch.Tensor] = None  # (B, T) where this step's entries go
 
     @classmethod
@@ -69,6 +72,10 @@ class KVCache:
     def batch(self) -> int:
         return self.k[0].shape[0]
 
+    def see(self, n: int) -> None:
+        """The next steps read slots [0, n) only (clamped to [1, slots]): every later slot is empty."""
+        self.visible = max(1, min(int(n), self.slots))
+
     def write_at(self, slot: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """The slots (B, T) of the next step's new entries; invalid ones go to the sink."""
         self._slot = slot if valid is None else torch.where(valid, slot, self.slots)
@@ -82,13 +89,13 @@ class _LayerView:
         self.cache, self.i = cache, i
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's K/V (B, H, T, hd) into their slots; return all S slots (B, H, S, hd)."""
+        """Write this step's K/V (B, H, T, hd) into their slots; return the S visible ones (B, H, S, hd)."""
         c = self.cache
         kb, vb = c.k[self.i], c.v[self.i]
         rows = torch.arange(kb.shape[0], device=kb.device)[:, None]  # (B, 1)
         kb[rows, :, c._slot] = k.transpose(1, 2).to(kb.dtype)  # as put_slots, values (B, T, H, hd)
         vb[rows, :, c._slot] = v.transpose(1, 2).to(vb.dtype)
-        return kb[:, :, :c.slots], vb[:, :, :c.slots]
+        return kb[:, :, :c.visible], vb[:, :, :c.visible]
 
 
 class StackCache(KVCache):
@@ -112,7 +119,7 @@ class StackCache(KVCache):
         self.write_at(pos, valid)
         put_slots(self.pos, self._slot, torch.where(valid, pos, -1))
         put_slots(self.doc, self._slot, doc)
-        kpos, kdoc = self.pos[:, :self.slots], self.doc[:, :self.slots]
+        kpos, kdoc = self.pos[:, :self.visible], self.doc[:, :self.visible]
         m = local_causal_mask(doc, kdoc, pos, kpos, self.window, self.doc_reset)  # (B, 1, T, S)
         return (m & (kpos >= 0)[:, None, None, :]) | (~valid)[:, None, :, None]
 
