@@ -105,14 +105,14 @@ def _windowed(q, k, v, m: LocalWindowMask, scale: float) -> torch.Tensor:
 def _spans(q, k, v, m: SlotSpanMask, scale: float) -> torch.Tensor:
     """Attention of query t over keys ``m.start[t] .. + m.width - 1`` only. Axes: w the span.
     q (B, H, T, hd), k/v (B, H, S, hd) -> (B, H, T, hd). Scores and softmax in fp32 (as SDPA's
-    CPU kernels accumulate); an empty row (start < 0) reads slot 0 and is the caller's to mask."""
-    b, t = m.start.shape
-    idx = m.start.clamp(min=0)[..., None] + torch.arange(m.width, device=q.device)  # (B, T, w)
-    rows = torch.arange(b, device=q.device)[:, None, None]
-    kg, vg = k[rows, :, idx], v[rows, :, idx]  # (B, T, w, H, hd): advanced indices first
-    scores = torch.einsum("bhtd,btwhd->bhtw", q.float(), kg.float()) * scale  # (B, H, T, w)
+    CPU kernels accumulate); an empty row (start < 0) reads slot 0 and is the caller's to mask.
+    Products and sums, not einsum: w is a handful, and an eager step pays per ATen call."""
+    rows, idx = m.index()  # (B, 1, 1), (B, T, w)
+    kg = k[rows, :, idx].permute(0, 3, 1, 2, 4)  # (B, H, T, w, hd): advanced indices come first
+    vg = v[rows, :, idx].permute(0, 3, 1, 2, 4)
+    scores = (q[..., None, :].float() * kg.float()).sum(dim=-1) * scale  # (B, H, T, w)
     p = scores.softmax(dim=-1)
-    return torch.einsum("bhtw,btwhd->bhtd", p, vg.float()).to(q.dtype)
+    return (p[..., None] * vg.float()).sum(dim=-2).to(q.dtype)
 
 
 class KVCacheLike(Protocol):

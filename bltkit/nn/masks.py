@@ -140,10 +140,21 @@ class SlotSpanMask:
 
     start: torch.Tensor  # (B, T) int64 first visible slot, -1 = none
     width: int
+    _index: Optional[tuple] = field(default=None, repr=False)
 
     def has_key(self) -> torch.Tensor:
         """(B, 1, T, 1) bool: which queries see a key."""
         return (self.start >= 0)[:, None, :, None]
+
+    def index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row (B, 1, 1) and slot (B, T, w) indices of every visible key, built once (every
+        layer of a step shares them); an empty row reads slot 0."""
+        if self._index is None:
+            b, _ = self.start.shape
+            dev = self.start.device
+            slots = self.start.clamp(min=0)[..., None] + torch.arange(self.width, device=dev)
+            self._index = (torch.arange(b, device=dev)[:, None, None], slots)
+        return self._index
 
 
 # ---- flex: a BlockMask from block bounds, O((T / 128)^2) to build ------------------------------
