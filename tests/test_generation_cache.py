@@ -238,19 +238,30 @@ def test_cached_equals_recompute_on_cuda(models):
         assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-3
 
 
-def test_compiled_step_has_no_graph_break_and_equals_eager(models):
+@pytest.mark.parametrize("split", [False, True])
+def test_compiled_step_has_no_graph_break_and_equals_eager(models, split):
     """The one-byte decode step holds no host sync and no shape change: it traces whole under
     ``torch.compile(fullgraph=True)`` (a graph break raises) and gives the eager step's bytes.
+    Split (the CPU default): each half traces whole, and the host's read between them runs the
+    global model only on bytes that close a patch (fewer global calls, the same bytes).
     The cheap ``eager`` backend checks the capture; inductor would only add code generation."""
     blt, em, th = models
     cfg = _patcher("entropy", th)
     prompts = [encode(p, eos=False) for p in ["Hi", "a ragged batch"]]
     params = SamplingParams(temperature=1.0)
-    eager = collect(CachedStepper(blt, cfg, em, 40, CPU), prompts, 8, params, [1, 2], trace=True)
-    comp = collect(CachedStepper(blt, cfg, em, 40, CPU, compile="eager"), prompts, 8, params, [1, 2], trace=True)
-    for x, y in zip(eager, comp):
-        assert x.bytes == y.bytes and x.new_ids == 8
-        assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-5
+    for cfg, rows in ((cfg, prompts), (_patcher("static", None), prompts[:1])):  # static: a patch every 3 bytes
+        eager = collect(CachedStepper(blt, cfg, em, 40, CPU), rows, 8, params, [1, 2][:len(rows)], trace=True)
+        st = CachedStepper(blt, cfg, em, 40, CPU, compile="eager", split_global=split)
+        halves = []
+        if split:  # count which second half the host picks each step
+            st._back_fns = tuple((lambda *a, f=f, w=w: halves.append(w) or f(*a)) for w, f in enumerate(st._back_fns))
+        comp = collect(st, rows, 8, params, [1, 2][:len(rows)], trace=True)
+        for x, y in zip(eager, comp):
+            assert x.bytes == y.bytes and x.new_ids == 8
+            assert max(float((p - q).abs().max()) for p, q in zip(x.logits, y.logits)) < 1e-5
+        assert st._warm == ({"encode", *halves} if split else {"step"})
+    if split:  # 7 steps after the prompt: the global model ran on the 2 or 3 that closed a patch
+        assert len(halves) == 7 and sum(halves) in (2, 3)
 
 
 def test_compiled_steps_of_two_models_interleaved_each_equal_eager():

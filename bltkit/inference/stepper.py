@@ -57,9 +57,14 @@ class CachedStepper:
 
     def __init__(self, model: nn.Module, patcher: Optional[PatcherConfig], entropy_model: Optional[nn.Module],
                  max_bytes: int, device: torch.device, compile: bool | str = False, cuda_graph: bool = False,
-                 learned_patches: bool = False):
+                 learned_patches: bool = False, split_global: Optional[bool] = None):
         """``compile``: True compiles the one-byte step with inductor, a string names another
         ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``.
+        ``split_global`` (a compiled BLT with a patcher; default: on a CPU): compile the step
+        as two graphs, the encoder half and the global-plus-decoder half, and read on the host
+        between them whether a patch closed, so the global model runs only on the bytes that
+        close one, as the eager step does. A CPU has no device queue for that read to drain;
+        off, the one-graph step runs the global model on every byte, masked.
         ``learned_patches``: a BLT that places its own patches (no ``patcher``): it steps itself
         and, like a BLT with a patcher, is told how many patches its global model may run on."""
         self.is_blt = patcher is not None
@@ -76,14 +81,24 @@ class CachedStepper:
         self.static = compile or cuda_graph
         self.compiled = bool(compile)
         self.cuda_graph = cuda_graph
+        if split_global and not (compile and self.is_blt and not learned_patches):
+            raise ValueError("split_global=True needs compile and a BLT with a patcher")
+        self.split = bool(compile) and self.is_blt and not learned_patches and \
+            (self.device.type == "cpu" if split_global is None else split_global)
         backend = compile if isinstance(compile, str) else "inductor"
         # On a CPU, inductor's C++ wrapper calls the step's kernels without a Python call per
         # kernel: 12% more bytes a second on the tiny BLT (docs/benchmarks.md, "Cached generation").
         options = {"cpp_wrapper": True} if backend == "inductor" and self.device.type == "cpu" else None
-        self._step_fn = torch.compile(self._step_eager, fullgraph=True, dynamic=False, backend=backend,
-                                      options=options) if compile else self._step_eager
+
+        def compiled(fn):
+            return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend, options=options)
+
+        self._step_fn = compiled(self._step_eager) if compile and not self.split else self._step_eager
+        if self.split:
+            self._front_fn = compiled(self._front)
+            self._back_fns = (compiled(self._back_draft), compiled(self._back_global))
         self._graph = None
-        self._guarded = False
+        self._warm: set = set()  # the compiled graphs this generation has called
 
     # ---- the caches ------------------------------------------------------------------------------
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -95,7 +110,7 @@ class CachedStepper:
         self.bounds = OnlineBoundaries(self.patcher, b, self.device) if self.is_blt else None
         self._graph = None
         ids, valid = pad_prompts(prompts, self.device)
-        self._guarded = False  # the first compiled step checks every guard
+        self._warm = set()  # each graph's first call checks every guard
         with torch.no_grad():
             logits = self.feed(ids, valid)  # (B, T, V)
         if self.static:
@@ -112,15 +127,22 @@ class CachedStepper:
         with torch.no_grad():
             if self.cuda_graph:
                 return self._graph_step(ids, live)
-            if not (self.compiled and self._guarded):
-                self._guarded = True
-                return self._step_fn(ids, live)
-            # Every step of a generation has its first step's inputs (the same objects, shapes
-            # and settings), which passed every guard; the later steps evaluate only the guards
-            # that tell compiled entries apart (``torch.compiler.set_stance``): 13% of a tiny
-            # compiled step (docs/benchmarks.md, "Cached generation").
-            with _later_steps():
-                return self._step_fn(ids, live)
+            if self.split:
+                state = self._call("encode", self._front_fn, ids, live)
+                width = int(self.cache.waiting())  # the host read between the two graphs
+                return self._call(width, self._back_fns[width], *state)
+            return self._call("step", self._step_fn, ids, live)
+
+    def _call(self, key, fn, *args):
+        if not self.compiled or key not in self._warm:
+            self._warm.add(key)
+            return fn(*args)
+        # Every call of a graph in a generation has its first call's inputs (the same objects,
+        # shapes and settings), which passed every guard; the later ones evaluate only the
+        # guards that tell compiled entries apart (``torch.compiler.set_stance``): 13% of a tiny
+        # compiled step (docs/benchmarks.md, "Cached generation").
+        with _later_steps():
+            return fn(*args)
 
     def _check_room(self, n: int) -> None:
         if n > self.max_bytes:
@@ -137,10 +159,15 @@ class CachedStepper:
             return self.model(ids, cache=self.cache, valid=valid, global_width=global_width)
         if not self.is_blt:
             return self.model(ids, cache=self.cache, valid=valid)
+        return self.model(ids, cache=self.cache, starts_next=self._starts_next(ids, valid), valid=valid,
+                          global_width=global_width)
+
+    def _starts_next(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: whether a patch starts after each byte (the entropy model's cached step
+        first, for the entropy schemes)."""
         pos = self.cache.length[:, None] + torch.arange(ids.shape[1], device=ids.device)  # (B, T)
         h = entropy(self.em(ids, cache=self.ecache, valid=valid)) if self.em is not None else None  # (B, T)
-        starts_next = self.bounds.decide(ids, pos, h, valid)  # (B, T)
-        return self.model(ids, cache=self.cache, starts_next=starts_next, valid=valid, global_width=global_width)
+        return self.bounds.decide(ids, pos, h, valid)
 
     def _see(self, n: int) -> None:
         for c in (self.cache, self.ecache):
@@ -149,6 +176,17 @@ class CachedStepper:
 
     def _step_eager(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         return self.feed(ids[:, None], live[:, None], 1 if self.static else None)[:, 0]  # (B, V)
+
+    # ---- the split step (``split_global``): two graphs, the host choosing the second ----------------
+    def _front(self, ids: torch.Tensor, live: torch.Tensor) -> tuple:
+        ids, valid = ids[:, None], live[:, None]
+        return self.model.encode_step(ids, self._starts_next(ids, valid), self.cache, valid)
+
+    def _back_draft(self, *state) -> torch.Tensor:  # no patch waits: no global model
+        return self.model.finish_step(state, self.cache, 0)[:, 0]
+
+    def _back_global(self, *state) -> torch.Tensor:
+        return self.model.finish_step(state, self.cache, 1)[:, 0]
 
     def _graph_step(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         """Replay a CUDA graph of the static step, captured at the first step (after a warm-up

@@ -148,9 +148,22 @@ class ByteLatentTransformer(weights.Pretrained, nn.Module):
         static shapes (1 for a one-byte decode step: at most one patch closes); 0 runs no global
         step (a speculative draft: bytes then read the last patch the global model has seen).
         """
+        return self.finish_step(self.encode_step(ids, starts_next, cache, valid), cache, global_width)
+
+    # The step in two halves, so a caller may read between them whether the global model has
+    # work (``bltkit.inference.stepper``: a compiled CPU step runs it only then).
+    def encode_step(self, ids: torch.Tensor, starts_next: torch.Tensor, cache: BLTCache,
+                    valid: Optional[torch.Tensor] = None) -> tuple:
+        """The first half of ``step``: embeddings and encoder, the closing patches stored. Its
+        state goes to ``finish_step``; ``cache.waiting()`` tells whether a patch closed."""
         if valid is None:
             valid = torch.ones_like(ids, dtype=torch.bool)
-        h, pos, doc, closed_after = self._encode_step(ids, starts_next.to(torch.bool) & valid, valid, cache)
+        return self._encode_step(ids, starts_next.to(torch.bool) & valid, valid, cache)
+
+    def finish_step(self, state: tuple, cache: BLTCache, global_width: Optional[int] = None) -> torch.Tensor:
+        """The second half of ``step``: the global model on up to ``global_width`` waiting
+        patches a row (as ``step``), then the decoder; logits (B, T, V)."""
+        h, pos, doc, closed_after = state
         if global_width is None:
             global_width = int((cache.n_closed - cache.n_global).max())
         patches = self._global_step(cache, global_width)  # (B, W*k, Dd)

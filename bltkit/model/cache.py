@@ -68,6 +68,10 @@ class BLTCache:
     def patch_slots(self) -> int:
         return self.glob.slots
 
+    def waiting(self) -> torch.Tensor:
+        """() bool: whether any row has a closed patch the global model has not run on."""
+        return (self.n_closed > self.n_global).any()
+
     def see(self, n_bytes: int) -> None:
         """The next steps read the first ``n_bytes`` byte slots (and patch slots) only: the caller
         knows every later one is empty (``bltkit.nn.kv_cache``, ``see``)."""
