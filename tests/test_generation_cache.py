@@ -264,6 +264,21 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(models, split):
         assert len(halves) == 7 and sum(halves) in (2, 3)
 
 
+def test_split_default_follows_the_global_models_size(models, monkeypatch):
+    """By default a compiled CPU step splits at the global model only when that model is big
+    enough to repay the second graph call (``SPLIT_MIN_GLOBAL_PARAMS``); never when eager."""
+    import bltkit.inference.stepper as stepper
+
+    blt, em, th = models
+    cfg = _patcher("entropy", th)
+    assert not CachedStepper(blt, cfg, em, 40, CPU, compile="eager").split  # the tiny global model
+    monkeypatch.setattr(stepper, "SPLIT_MIN_GLOBAL_PARAMS", 1)
+    assert CachedStepper(blt, cfg, em, 40, CPU, compile="eager").split
+    assert not CachedStepper(blt, cfg, em, 40, CPU).split
+    with pytest.raises(ValueError, match="split_global=True needs compile"):
+        CachedStepper(blt, cfg, em, 40, CPU, split_global=True)
+
+
 def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
     """After a generation's first step, a compiled step evaluates only the guards that tell
     compiled entries apart: two models of the same shapes but another pooling (a value the

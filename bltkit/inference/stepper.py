@@ -32,6 +32,13 @@ from ..patching.entropies import entropy
 from .boundaries import OnlineBoundaries
 
 
+# The split's second graph call and host read cost about 0.18 ms a step on the 2-core CPU; a
+# global model this size costs more than that a call, so skipping it on the bytes that close no
+# patch repays the split (tiny BLT, 0.5M: one graph 1.00 ms a step, split 1.18 ms; bench-S, 156M,
+# 4-byte patches: 74 -> 35 ms; docs/benchmarks.md, "Cached generation").
+SPLIT_MIN_GLOBAL_PARAMS = 2_000_000
+
+
 def _later_steps():
     """The stance of a compiled step after a generation's first: only the guards that tell
     compiled entries apart (torch >= 2.7; a plain context before)."""
@@ -60,11 +67,12 @@ class CachedStepper:
                  learned_patches: bool = False, split_global: Optional[bool] = None):
         """``compile``: True compiles the one-byte step with inductor, a string names another
         ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``.
-        ``split_global`` (a compiled BLT with a patcher; default: on a CPU): compile the step
-        as two graphs, the encoder half and the global-plus-decoder half, and read on the host
-        between them whether a patch closed, so the global model runs only on the bytes that
-        close one, as the eager step does. A CPU has no device queue for that read to drain;
-        off, the one-graph step runs the global model on every byte, masked.
+        ``split_global`` (a compiled BLT with a patcher): compile the step as two graphs, the
+        encoder half and the global-plus-decoder half, and read on the host between them
+        whether a patch closed, so the global model runs only on the bytes that close one, as
+        the eager step does; off, the one-graph step runs the global model on every byte,
+        masked. Default: on a CPU (no device queue for that read to drain) with a global model
+        of at least ``SPLIT_MIN_GLOBAL_PARAMS``.
         ``learned_patches``: a BLT that places its own patches (no ``patcher``): it steps itself
         and, like a BLT with a patcher, is told how many patches its global model may run on."""
         self.is_blt = patcher is not None
@@ -83,8 +91,10 @@ class CachedStepper:
         self.cuda_graph = cuda_graph
         if split_global and not (compile and self.is_blt and not learned_patches):
             raise ValueError("split_global=True needs compile and a BLT with a patcher")
-        self.split = bool(compile) and self.is_blt and not learned_patches and \
-            (self.device.type == "cpu" if split_global is None else split_global)
+        if split_global is None:
+            split_global = self.device.type == "cpu" and self.is_blt and \
+                sum(p.numel() for p in model.global_transformer.parameters()) >= SPLIT_MIN_GLOBAL_PARAMS
+        self.split = bool(compile) and self.is_blt and not learned_patches and split_global
         backend = compile if isinstance(compile, str) else "inductor"
         # On a CPU, inductor's C++ wrapper calls the step's kernels without a Python call per
         # kernel: 12% more bytes a second on the tiny BLT (docs/benchmarks.md, "Cached generation").
