@@ -16,8 +16,9 @@ caches are sized once, from the request, and never grow.
 
 The eager step lets the host skip the global model when no patch closed (one read of a count)
 and reads only the cache slots the longest row has reached (``see``; so does the prompt's chunk
-on every path); the compiled and graph steps run the global model on every byte with the
-closing mask instead and read every slot (static shapes).
+on every path); the compiled and graph steps read every slot and run the global model on every
+byte with the closing mask instead (static shapes), except a compiled CPU step split at the
+global model (``split_global``), where the host reads between two graphs whether a patch closed.
 """
 from __future__ import annotations
 
