@@ -164,8 +164,8 @@ class CachedStepper:
     # ---- one chunk of bytes through every model --------------------------------------------------
     def feed(self, ids: torch.Tensor, valid: torch.Tensor, global_width: Optional[int] = None) -> torch.Tensor:
         """Feed ``ids`` (B, T) where ``valid``; logits (B, T, V) fp32."""
-        if not self.static or ids.shape[1] > 1:  # eager (a prompt's chunk is, on every path): read
-            self._see(int(self.cache.length.max()) + ids.shape[1])  # only the slots rows reach
+        if hasattr(self.cache, "see") and (not self.static or ids.shape[1] > 1):  # eager (a prompt's
+            self._see(int(self.cache.length.max()) + ids.shape[1])  # chunk is, on every path): the slots rows reach
         if self.learned_patches:
             return self.model(ids, cache=self.cache, valid=valid, global_width=global_width)
         if not self.is_blt:
@@ -181,8 +181,9 @@ class CachedStepper:
         return self.bounds.decide(ids, pos, h, valid)
 
     def _see(self, n: int) -> None:
+        """Every cache that can reads its first ``n`` slots only (the H-Net's reads every slot)."""
         for c in (self.cache, self.ecache):
-            if c is not None and hasattr(c, "see"):  # the H-Net's cache reads every slot
+            if c is not None and hasattr(c, "see"):
                 c.see(n)
 
     def _step_eager(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,11 @@ already call:
   counters plus ``advance(valid, ends_doc)`` serve a plain LM whose rows grow one token at a time.
 
 A query at position -1 (padding) sees every slot, so its attention stays finite; its output is
-never read. ``see(n)`` narrows what the next steps read to the first n slots, when the caller knows
-on the host that every later slot is empty (an eager step: its cost then follows the longest row,
-not the preallocated length; a compiled step keeps every slot, its shapes static). A position at or beyond ``slots`` is the caller's error (checked on the host, where
-lengths are known, so the step itself stays sync-free).
+never read. ``see(n)`` narrows what the next steps read to the first n slots, when the caller
+knows on the host that every later slot is empty (an eager step: its cost then follows the
+longest row, not the preallocated length; a compiled step keeps every slot, its shapes static).
+A position at or beyond ``slots`` is the caller's error (checked on the host, where lengths are
+known, so the step itself stays sync-free).
 """
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ from torch import nn
 from .masks import local_causal_mask
 
 
-def put_slots(buf: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
-    """``buf[b, slot[b, t]] = values[b, t]`` for ``buf`` (B, S + 1, ...), ``slot`` (B, T): an
-    ``index_put_``, which a compiled step writes in place; inductor copies a ``scatter_`` target
-    whole (into a temporary and back) every step (docs/benchmarks.md, "Cached generation")."""
+def put_slots(buf: torch.Tensor, slot: torch.Tensor, values: torch.Tensor, dim: int = 1) -> None:
+    """``buf[b, ..., slot[b, t], ...] = values[b, t, ...]`` with the slots on axis ``dim`` of
+    ``buf`` (B, ..., S + 1, ...) and ``slot`` (B, T); ``values`` (B, T, the other axes in order).
+    An ``index_put_``, which a compiled step writes in place; inductor copies a ``scatter_``
+    target whole (into a temporary and back) every step (docs/benchmarks.md, "Cached generation")."""
     rows = torch.arange(buf.shape[0], device=buf.device)[:, None]  # (B, 1)
-    buf[rows, slot] = values.to(buf.dtype)
+    buf[(rows,) + (slice(None),) * (dim - 1) + (slot,)] = values.to(buf.dtype)
 
 
 class KVCache:
@@ -92,9 +94,8 @@ class _LayerView:
         """Write this step's K/V (B, H, T, hd) into their slots; return the S visible ones (B, H, S, hd)."""
         c = self.cache
         kb, vb = c.k[self.i], c.v[self.i]
-        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]  # (B, 1)
-        kb[rows, :, c._slot] = k.transpose(1, 2).to(kb.dtype)  # as put_slots, values (B, T, H, hd)
-        vb[rows, :, c._slot] = v.transpose(1, 2).to(vb.dtype)
+        put_slots(kb, c._slot, k.transpose(1, 2), dim=2)  # values (B, T, H, hd)
+        put_slots(vb, c._slot, v.transpose(1, 2), dim=2)
         return kb[:, :, :c.visible], vb[:, :, :c.visible]
 
 
