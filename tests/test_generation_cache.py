@@ -18,6 +18,7 @@ from bltkit.inference.recompute import RecomputeStepper
 from bltkit.inference.sampling import SamplingParams
 from bltkit.inference.stepper import CachedStepper
 from bltkit.model import ByteLatentTransformer, load_blt_config
+from bltkit.nn.kv_cache import RING_MARGIN
 from bltkit.patching.config import PatcherConfig
 from bltkit.patching.lengths import pad_rows
 from bltkit.patching.patcher import Patcher
@@ -106,20 +107,22 @@ def test_finished_rows_are_masked_and_the_others_stay_exact(models):
     assert cached.cache.length.tolist() == [len(prompts[0]) + 10, len(prompts[1]) + 25, len(prompts[2]) + 40]
 
 
-@pytest.mark.parametrize("overrides", [
-    [],
-    ["cross_attn.encoder_all_layers=true", "encoder.n_layers=2"],
-    ["cross_attn.repool_each_layer=true", "cross_attn.encoder_all_layers=true", "encoder.n_layers=2", "cross_attn.pooling=mean"],
-    ["global_model.doc_reset=false", "cross_attn.decoder_all_layers=false", "encoder.window=null", "decoder.doc_reset=false"],
+@pytest.mark.parametrize("overrides, n, first", [
+    ([], 40, 12),
+    (["cross_attn.encoder_all_layers=true", "encoder.n_layers=2"], 40, 12),
+    (["cross_attn.repool_each_layer=true", "cross_attn.encoder_all_layers=true", "encoder.n_layers=2", "cross_attn.pooling=mean"], 40, 12),
+    (["global_model.doc_reset=false", "cross_attn.decoder_all_layers=false", "encoder.window=null", "decoder.doc_reset=false"], 40, 12),
+    ([], 3 * (8 + RING_MARGIN), 8 + RING_MARGIN + 10),  # rings: a first chunk longer than one, then bytes past it
 ])
-def test_blt_cache_equals_forward_with_eos_and_chunks(overrides):
+def test_blt_cache_equals_forward_with_eos_and_chunks(overrides, n, first):
     """Direct check of the BLT caches against the forward on every prefix: EOS inside the rows
     (document resets, block-causal global), a first chunk longer than the window, ragged
-    boundaries, and the model variants that change the encoder's patch vectors."""
+    boundaries, the model variants that change the encoder's patch vectors, and rows several
+    windowed rings long."""
     torch.manual_seed(0)
     cfg = load_blt_config("tiny", SMALL + ["encoder.window=8", "decoder.window=8"] + overrides)
     m = ByteLatentTransformer(cfg).eval()
-    b, n, first = 3, 40, 12
+    b = 3
     ids = torch.randint(4, 260, (b, n))
     ids[:, 0] = 1
     ids[1, 9] = EOS_ID
@@ -170,6 +173,53 @@ def test_entropy_model_cache_equals_forward(models):
         full = em(ids)
     got = torch.cat([first, *rest], dim=1)
     assert torch.allclose(got, full, atol=1e-4, rtol=0)
+
+
+def test_ring_cache_equals_forward_through_every_kind_of_chunk():
+    """A windowed stack keeps a ring of window + RING_MARGIN slots: over a row several rings
+    long, fed as a first chunk longer than the ring, single bytes, chunks up to RING_MARGIN
+    (written, then read) and past it (read, then written), ragged rows and a rollback of
+    RING_MARGIN entries, every logit equals the full-sequence forward's."""
+    torch.manual_seed(0)
+    em = EntropyModel(load_entropy_config("tiny", ["window=8", "dim=32", "n_heads=2"])).eval()
+    n = 420
+    ids = torch.randint(4, 260, (2, n))
+    ids[:, 0] = 1
+    ids[0, 150] = EOS_ID
+    ids[1, 300] = EOS_ID
+    with torch.no_grad():
+        full = em(ids)
+    cache = em.new_cache(2, n)
+    assert cache.ring and cache.slots == 8 + RING_MARGIN < n
+    got = torch.zeros_like(full)
+    fed = torch.zeros(2, dtype=torch.int64)  # bytes each row has fed
+
+    def feed(widths):  # row r feeds its next widths[r] bytes (0: none), right-padded
+        t = max(widths)
+        chunk = torch.zeros(2, t, dtype=torch.int64)
+        valid = torch.zeros(2, t, dtype=torch.bool)
+        for r, w in enumerate(widths):
+            chunk[r, :w] = ids[r, fed[r]:fed[r] + w]
+            valid[r, :w] = True
+        with torch.no_grad():
+            out = em(chunk, cache=cache, valid=valid)
+        for r, w in enumerate(widths):
+            got[r, fed[r]:fed[r] + w] = out[r, :w]
+            fed[r] += w
+
+    feed([100, 90])  # longer than the ring: read before written, the last R entries kept
+    for _ in range(5):
+        feed([1, 1])
+    feed([RING_MARGIN, 3])  # written, then read
+    feed([RING_MARGIN + 1, 70])  # read, then written
+    snap = cache.snapshot()
+    feed([RING_MARGIN, RING_MARGIN])  # a draft, rolled back whole
+    cache.restore(snap)
+    fed -= RING_MARGIN
+    feed([40, 0])
+    while int(fed.min()) < n:
+        feed([min(int(w), n - int(f)) for w, f in zip(torch.randint(0, 12, (2,)), fed)])
+    torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
 
 
 def test_byte_lm_generation_cached_equals_recompute():
@@ -319,7 +369,10 @@ def test_eager_steps_read_only_the_slots_rows_reached(models):
     n = max(len(p) for p in prompts)
     assert (eager.cache.visible, eager.cache.enc.visible, eager.cache.glob.visible, eager.ecache.visible) == \
         (n, n, n + 1, n)
-    assert (static.cache.visible, static.cache.dec.visible, static.ecache.visible) == (400, 400, 400)
+    # A compiled-shape step reads every slot: the byte slots, and each windowed stack's ring.
+    dec, ec = static.cache.dec, static.ecache
+    assert (dec.slots, ec.slots) == (dec.window + RING_MARGIN, ec.window + RING_MARGIN) and max(dec.slots, ec.slots) < 400
+    assert (static.cache.visible, dec.visible, ec.visible) == (400, dec.slots, ec.slots)
     for _ in range(5):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         ids = a.argmax(dim=-1)

@@ -10,6 +10,7 @@ import torch
 from bltkit.cli import main as cli
 from bltkit.data.vocab import EOS_ID, encode
 from bltkit.inference.api import Handle
+from bltkit.nn.kv_cache import RING_MARGIN
 from bltkit.inference.generate import collect
 from bltkit.inference.sampling import SamplingParams
 from bltkit.inference.speculative import SpeculativeStepper
@@ -65,8 +66,8 @@ def test_speculative_greedy_equals_greedy_512_bytes(models, cfg, draft):
 def test_speculative_bad_input_is_named(models, tmp_path, capsys):
     blt, em = models
     h = Handle(blt, PatcherConfig(scheme="space"), em, device=CPU)
-    for bad in (0, -2, 1.5, "4"):
-        with pytest.raises(ValueError, match=f"draft length must be a whole number >= 1 .*got {bad!r}"):
+    for bad in (0, -2, 1.5, "4", RING_MARGIN + 1):
+        with pytest.raises(ValueError, match=f"draft length must be a whole number from 1 to {RING_MARGIN} .*got {bad!r}"):
             h.generate("x", max_new_bytes=4, speculative=bad)
     with pytest.raises(ValueError, match=r"speculative=3 does not combine with temperature=0.7 \(speculative decoding is greedy only\)"):
         h.generate("x", max_new_bytes=4, speculative=3, temperature=0.7)
@@ -77,5 +78,5 @@ def test_speculative_bad_input_is_named(models, tmp_path, capsys):
     assert h.generate("ab", max_new_bytes=20, speculative=True) == h.generate("ab", max_new_bytes=20)
     h.save(tmp_path / "b")
     assert cli(["generate", "--model", str(tmp_path / "b"), "--speculative", "0", "hi"]) == 2
-    assert "draft length must be a whole number >= 1 (or True), got 0" in capsys.readouterr().err
+    assert f"draft length must be a whole number from 1 to {RING_MARGIN} (or True), got 0" in capsys.readouterr().err
     assert cli(["generate", "--model", str(tmp_path / "b"), "--speculative", "3", "--max-new-bytes", "8", "hi"]) == 0

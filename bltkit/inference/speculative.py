@@ -31,16 +31,20 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..nn.kv_cache import RING_MARGIN
 from ..patching.config import PatcherConfig
 from .stepper import CachedStepper
 
 
 def check_draft_length(draft: object) -> int:
-    """``speculative``: True (the default draft of 4 bytes) or a whole number >= 1."""
+    """``speculative``: True (the default draft of 4 bytes) or a whole number in [1, RING_MARGIN]
+    (a rejected draft is rolled back, and a windowed cache's ring survives rollbacks that deep:
+    ``bltkit.nn.kv_cache``)."""
     if draft is True:
         return DEFAULT_DRAFT
-    if isinstance(draft, bool) or not isinstance(draft, int) or draft < 1:
-        raise ValueError(f"speculative draft length must be a whole number >= 1 (or True), got {draft!r}")
+    if isinstance(draft, bool) or not isinstance(draft, int) or not 1 <= draft <= RING_MARGIN:
+        raise ValueError(f"speculative draft length must be a whole number from 1 to {RING_MARGIN} (or True), "
+                         f"got {draft!r}")
     return draft
 
 
@@ -123,7 +127,7 @@ class SpeculativeStepper(CachedStepper):
         width = int((c.n_closed - c.n_global).max())
         patches = self.model._global_step(c, width)
         h = c.h.gather(1, slot[..., None].expand(-1, -1, c.h.shape[-1]))  # (B, D, De)
-        exact = self.model.decode_step(h, pos, c.enc.doc.gather(1, slot), closed_after, c, patches)  # (B, D, V)
+        exact = self.model.decode_step(h, pos, c.enc.doc_at(pos), closed_after, c, patches)  # (B, D, V)
         self.stats["global_calls"] += 1
 
         # Keep the longest agreeing prefix: a = drafted bytes the exact logits agree with.

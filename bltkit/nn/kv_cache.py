@@ -21,12 +21,23 @@ already call:
   ``begin(pos, doc)`` starts a step at explicit positions (-1 = padding); ``length``/``n_docs``
   counters plus ``advance(valid, ends_doc)`` serve a plain LM whose rows grow one token at a time.
 
+A windowed stack keeps a *ring* of ``window + RING_MARGIN`` slots (position p in slot p mod R)
+instead of one slot a position, so a step reads what its window can reach whatever the length:
+a compiled step that read every preallocated slot cost 0.8 ms at 769 slots and 7.5 ms at 16,769
+(tiny BLT, docs/benchmarks.md, "Cached generation"). Writing p overwrites p - R, which no query
+at p or later can see while R >= window. A chunk of T <= ``RING_MARGIN`` new entries is written,
+then read (its writes overwrite only entries older than any of its queries can see); a longer
+chunk (a prompt) reads the slots as they were plus its own entries, and only its last R entries
+a row are written. A rollback (``truncate``) of at most ``RING_MARGIN`` entries finds every entry
+the next queries can see still in place, so speculative drafts are capped at that length.
+
 A query at position -1 (padding) sees every slot, so its attention stays finite; its output is
 never read. ``see(n)`` narrows what the next steps read to the first n slots, when the caller
 knows on the host that every later slot is empty (an eager step: its cost then follows the
 longest row, not the preallocated length; a compiled step keeps every slot, its shapes static).
-A position at or beyond ``slots`` is the caller's error (checked on the host, where lengths are
-known, so the step itself stays sync-free).
+A position at or beyond the ``positions`` a ``StackCache`` was made for (``slots`` of a plain
+``KVCache``) is the caller's error (checked on the host, where lengths are known, so the step
+itself stays sync-free).
 """
 from __future__ import annotations
 
@@ -36,6 +47,11 @@ import torch
 from torch import nn
 
 from .masks import local_causal_mask
+
+# Extra ring slots past a windowed stack's window: the longest chunk written before it is read,
+# and the deepest rollback (``truncate``) a ring survives (``bltkit.inference.speculative`` caps
+# its drafts here).
+RING_MARGIN = 64
 
 
 def put_slots(buf: torch.Tensor, slot: torch.Tensor, values: torch.Tensor, dim: int = 1) -> None:
@@ -60,6 +76,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.visible = slots  # slots a step reads (``see``)
+        self.reach: Optional[int] = None  # positions rows reach after the next step (``see``), if told
         self._slot: Optional[torch.Tensor] = None  # (B, T) where this step's entries go
 
     @classmethod
@@ -77,6 +94,7 @@ class KVCache:
     def see(self, n: int) -> None:
         """The next steps read slots [0, n) only (clamped to [1, slots]): every later slot is empty."""
         self.visible = max(1, min(int(n), self.slots))
+        self.reach = int(n)
 
     def write_at(self, slot: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """The slots (B, T) of the next step's new entries; invalid ones go to the sink."""
@@ -94,33 +112,65 @@ class _LayerView:
         """Write this step's K/V (B, H, T, hd) into their slots; return the S visible ones (B, H, S, hd)."""
         c = self.cache
         kb, vb = c.k[self.i], c.v[self.i]
+        if getattr(c, "reads_before_write", False):  # a long chunk into a ring: the slots as they were, then its own
+            k_all = torch.cat([kb[:, :, :c.old], k.to(kb.dtype)], dim=2)  # (B, H, S + T, hd)
+            v_all = torch.cat([vb[:, :, :c.old], v.to(vb.dtype)], dim=2)
         put_slots(kb, c._slot, k.transpose(1, 2), dim=2)  # values (B, T, H, hd)
         put_slots(vb, c._slot, v.transpose(1, 2), dim=2)
+        if getattr(c, "reads_before_write", False):
+            return k_all, v_all
         return kb[:, :, :c.visible], vb[:, :, :c.visible]
 
 
 class StackCache(KVCache):
-    """K/V of a self-attention stack with each slot's position (-1 = empty) and document."""
+    """K/V of a self-attention stack with each slot's position (-1 = empty) and document.
+    ``positions`` is the most a row will hold; a windowed stack keeps a ring of
+    ``window + RING_MARGIN`` slots when that is fewer (module docstring)."""
 
-    def __init__(self, blocks: Sequence[nn.Module], batch: int, slots: int, window: Optional[int], doc_reset: bool):
+    def __init__(self, blocks: Sequence[nn.Module], batch: int, positions: int, window: Optional[int], doc_reset: bool):
         a = blocks[0].attention
         w = a.wk.weight
+        self.ring = window is not None and window + RING_MARGIN < positions
+        slots = window + RING_MARGIN if self.ring else positions
         super().__init__(len(blocks), batch, slots, a.n_kv_heads, a.head_dim, w.dtype, w.device)
         self.window, self.doc_reset = window, doc_reset
+        self.reads_before_write = False  # this step's layers read the slots before its writes
         dev = w.device
         self.pos = torch.full((batch, slots + 1), -1, dtype=torch.int64, device=dev)  # (B, S + 1)
         self.doc = torch.zeros(batch, slots + 1, dtype=torch.int64, device=dev)
         self.length = torch.zeros(batch, dtype=torch.int64, device=dev)  # for ``advance``
         self.n_docs = torch.zeros(batch, dtype=torch.int64, device=dev)
 
+    def slot_of(self, pos: torch.Tensor) -> torch.Tensor:
+        """The slot of each position (>= 0)."""
+        return pos % self.slots if self.ring else pos
+
+    def doc_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """(B, T) document of the entries at positions ``pos`` (B, T) (each still in the cache)."""
+        return self.doc.gather(1, self.slot_of(pos.clamp(min=0)))
+
     def begin(self, pos: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
         """Start a step whose new entries sit at positions ``pos`` (B, T), -1 for padding, in
-        documents ``doc``; returns the attention mask (B, 1, T, S), True = may attend."""
+        documents ``doc``; returns the attention mask (B, 1, T, S), True = may attend (S: the
+        visible slots, plus the T new entries when a long chunk reads the ring before writing)."""
         valid = pos >= 0
-        self.write_at(pos, valid)
-        put_slots(self.pos, self._slot, torch.where(valid, pos, -1))
+        keep = valid
+        self.reads_before_write = self.ring and pos.shape[1] > RING_MARGIN
+        if self.reads_before_write:
+            # The slots as they were (entries before the chunk's first position), then the
+            # chunk's own; only a row's last R entries are written, so no two share a slot.
+            # Slots filled before the chunk: all of them, or as many as rows had reached (``see``).
+            self.old = self.slots if self.reach is None else max(0, min(self.reach - pos.shape[1], self.slots))
+            first = torch.where(valid, pos, torch.iinfo(torch.int64).max).min(dim=1, keepdim=True).values  # (B, 1)
+            old_pos, old_doc = self.pos[:, :self.old], self.doc[:, :self.old]
+            kpos = torch.cat([torch.where(old_pos < first, old_pos, -1), torch.where(valid, pos, -1)], dim=1)
+            kdoc = torch.cat([old_doc, doc], dim=1)
+            keep = valid & (pos > pos.max(dim=1, keepdim=True).values - self.slots)
+        self.write_at(self.slot_of(pos.clamp(min=0)), keep)
+        put_slots(self.pos, self._slot, torch.where(keep, pos, -1))
         put_slots(self.doc, self._slot, doc)
-        kpos, kdoc = self.pos[:, :self.visible], self.doc[:, :self.visible]
+        if not self.reads_before_write:
+            kpos, kdoc = self.pos[:, :self.visible], self.doc[:, :self.visible]
         m = local_causal_mask(doc, kdoc, pos, kpos, self.window, self.doc_reset)  # (B, 1, T, S)
         return (m & (kpos >= 0)[:, None, None, :]) | (~valid)[:, None, :, None]
 
@@ -152,4 +202,4 @@ class StackCache(KVCache):
             self.n_docs.copy_(n_docs)
 
 
-__all__ = ["KVCache", "StackCache", "put_slots"]
+__all__ = ["KVCache", "RING_MARGIN", "StackCache", "put_slots"]
