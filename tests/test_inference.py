@@ -253,12 +253,43 @@ def test_cli_generate_json_and_score(bundle, capsys):
     assert "max_new_bytes" in capsys.readouterr().err
 
 
+class _EosAt:
+    """A stepper whose greedy choice is byte 'a' except EOS at the third step."""
+
+    def __init__(self):
+        self.n = 0
+
+    def _logits(self, b):
+        out = torch.zeros(b, 260)
+        out[:, EOS_ID if self.n == 2 else OFFSET + ord("a")] = 1.0
+        self.n += 1
+        return out
+
+    def start(self, prompts):
+        return self._logits(len(prompts))
+
+    def step(self, ids, live):
+        return self._logits(ids.shape[0])
+
+
+def test_ignore_eos_feeds_eos_back_and_ends_no_row():
+    from bltkit.inference.generate import decode_loop
+
+    plain = list(decode_loop(_EosAt(), [[1]], 6, SamplingParams(), [0]))
+    assert [t for _, t, _ in plain] == [OFFSET + 97, OFFSET + 97, EOS_ID] and plain[-1][2] == "eos"
+    kept = list(decode_loop(_EosAt(), [[1]], 6, SamplingParams(), [0], ignore_eos=True))
+    assert [t for _, t, _ in kept] == [OFFSET + 97] * 2 + [EOS_ID] + [OFFSET + 97] * 3
+    assert [f for _, _, f in kept] == [None] * 5 + ["length"]
+
+
 def test_generation_benchmark(lm):
     from bltkit.inference.bench import generation_benchmark
 
     rec = generation_benchmark(lm, batch=2, prompt_len=16, new_bytes=6, uncached_new_bytes=3,
                                paths=("eager", "compiled", "speculative"), draft=3, compile_backend="eager")
-    assert rec["new_bytes"] > 0 and rec["bytes_per_s"] > 0 and rec["ttfb_s"] <= rec["seconds"]
+    # EOS ends no row in a benchmark: 2 rows x 6 bytes, on every path.
+    assert rec["new_bytes"] == 12 and rec["bytes_per_s"] > 0 and rec["ttfb_s"] <= rec["seconds"]
+    assert rec["decode_bytes_per_s"] == pytest.approx((12 - 2) / (rec["seconds"] - rec["ttfb_s"]))
     assert rec["uncached_bytes_per_s"] > 0 and rec["speedup"] == pytest.approx(rec["bytes_per_s"] / rec["uncached_bytes_per_s"])
     paths = rec["paths"]
     assert paths["eager"]["dispatches_per_byte"] > 100  # a real profile: hundreds of ATen calls a byte

@@ -179,14 +179,14 @@ def profile_decode_step(handle, batch: int, prompt_len: int, device: torch.devic
     prompts = bench_prompts(batch, prompt_len)
     n = calls + 16
     stepper = handle._stepper(True, prompts, n, compile=compiled)
-    it = decode_loop(stepper, prompts, n, SamplingParams(), [0] * batch)
+    it = decode_loop(stepper, prompts, n, SamplingParams(), [0] * batch, ignore_eos=True)  # every row n bytes
     with torch.no_grad():
         for _ in range(8 * batch):
             next(it)
 
         def one_byte() -> None:
             for _ in range(batch):  # decode_loop yields one (row, byte) at a time
-                next(it, None)  # a row (or all) may have met EOS: nothing left to step
+                next(it)
 
         name = f"decode-step-b{batch}" + ("-compiled" if compiled else "")  # compiled: True or a backend
         return profile_calls(one_byte, device, calls, directory, name)

@@ -5,7 +5,10 @@ loop as a ratio measured in the same process.
 
 ``generation_benchmark(handle, batch, prompt_len, new_bytes)`` is the hook ``bltkit bench``
 calls. Prompts are built-in English text cut to ``prompt_len`` bytes (row i starts i bytes
-later, so rows differ). A row that meets EOS early stops (its bytes are counted as generated).
+later, so rows differ). EOS ends no row (``decode_loop(ignore_eos=True)``, as HF's
+``min_new_tokens`` in the peer figure): every row makes the bytes asked for, which random weights
+would otherwise cut short at their first EOS. ``decode_bytes_per_s`` leaves the prompt's pass
+out: the bytes after the first over the time after it.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def _sync(device: torch.device) -> None:
 
 def _run(stepper, prompts, new_bytes: int) -> int:
     n = 0
-    for _ in decode_loop(stepper, prompts, new_bytes, SamplingParams(), [0] * len(prompts)):
+    for _ in decode_loop(stepper, prompts, new_bytes, SamplingParams(), [0] * len(prompts), ignore_eos=True):
         n += 1
     return n
 
@@ -56,13 +59,14 @@ def _time(dev: torch.device, make, prompts, new_bytes: int) -> dict:
     t0 = time.perf_counter()
     ttfb: Optional[float] = None
     n = 0
-    for _ in decode_loop(stepper, prompts, new_bytes, SamplingParams(), [0] * len(prompts)):
+    for _ in decode_loop(stepper, prompts, new_bytes, SamplingParams(), [0] * len(prompts), ignore_eos=True):
         if ttfb is None:
             ttfb = time.perf_counter() - t0
         n += 1
     _sync(dev)
     dt = time.perf_counter() - t0
-    out = dict(new_bytes=n, seconds=dt, bytes_per_s=n / dt, ttfb_s=ttfb, warmup_s=warm)
+    out = dict(new_bytes=n, seconds=dt, bytes_per_s=n / dt, ttfb_s=ttfb, warmup_s=warm,
+               decode_bytes_per_s=(n - len(prompts)) / (dt - ttfb) if n > len(prompts) and dt > ttfb else None)
     if dev.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     stats = getattr(stepper, "stats", None)
@@ -78,7 +82,7 @@ def dispatches_per_byte(make, prompts, new_bytes: int = 16) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     stepper = make(prompts, new_bytes + 8)
-    it = decode_loop(stepper, prompts, new_bytes + 8, SamplingParams(), [0] * len(prompts))
+    it = decode_loop(stepper, prompts, new_bytes + 8, SamplingParams(), [0] * len(prompts), ignore_eos=True)
     for _ in range(8 * len(prompts)):  # the prompt pass and a few warm steps stay out
         next(it)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -53,10 +53,12 @@ class _Row:
 
 def decode_loop(stepper: Stepper, prompts: list[list[int]], max_new_bytes: int, params: SamplingParams,
                 seeds: Sequence[int], stop: Sequence[bytes] = (), trace: bool = False,
-                rows_out: Optional[list] = None) -> Iterator[tuple[int, int, Optional[str]]]:
+                rows_out: Optional[list] = None, ignore_eos: bool = False) -> Iterator[tuple[int, int, Optional[str]]]:
     """Generate; yield ``(row, id, finish)`` for every id, ``finish`` set on a row's last one.
 
-    ``rows_out`` (a list) receives the per-row states, for ``collect``.
+    ``rows_out`` (a list) receives the per-row states, for ``collect``. ``ignore_eos`` (for
+    benchmarks, as vLLM's option of that name): EOS is fed back like any id and ends no row, so
+    every row makes exactly ``max_new_bytes`` ids (random weights meet EOS early).
     """
     n = len(prompts)
     rows = [_Row(logits=[] if trace else None) for _ in range(n)]
@@ -75,7 +77,7 @@ def decode_loop(stepper: Stepper, prompts: list[list[int]], max_new_bytes: int, 
             if row.logits is not None:
                 row.logits.append(logits[r].detach().float().cpu())
             row.n_ids += 1
-            if tok == EOS_ID:
+            if tok == EOS_ID and not ignore_eos:
                 row.finish = "eos"
             else:
                 if tok >= OFFSET:
@@ -84,8 +86,8 @@ def decode_loop(stepper: Stepper, prompts: list[list[int]], max_new_bytes: int, 
                     if hit is not None:
                         del row.out[hit:]
                         row.finish = "stop"
-                if row.finish is None and row.n_ids >= max_new_bytes:
-                    row.finish = "length"
+            if row.finish is None and row.n_ids >= max_new_bytes:
+                row.finish = "length"
             yield r, tok, row.finish
             live[r] = row.finish is None
         if not any(live):
