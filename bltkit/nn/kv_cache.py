@@ -23,7 +23,7 @@ already call:
 
 A windowed stack keeps a *ring* of ``window + RING_MARGIN`` slots (position p in slot p mod R)
 instead of one slot a position, so a step reads what its window can reach whatever the length:
-a compiled step that read every preallocated slot cost 0.8 ms at 769 slots and 7.5 ms at 16,769
+a compiled step that read every preallocated slot cost 0.8 ms at 769 slots and 7.5 ms at 16,513
 (tiny BLT, docs/benchmarks.md, "Cached generation"). Writing p overwrites p - R, which no query
 at p or later can see while R >= window. A chunk of T <= ``RING_MARGIN`` new entries is written,
 then read (its writes overwrite only entries older than any of its queries can see); a longer
@@ -77,6 +77,8 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.visible = slots  # slots a step reads (``see``)
         self.reach: Optional[int] = None  # positions rows reach after the next step (``see``), if told
+        self.reads_before_write = False  # a ring's long chunk: layers read the slots, then write
+        self.old = 0  # the slots such a chunk reads
         self._slot: Optional[torch.Tensor] = None  # (B, T) where this step's entries go
 
     @classmethod
@@ -112,12 +114,12 @@ class _LayerView:
         """Write this step's K/V (B, H, T, hd) into their slots; return the S visible ones (B, H, S, hd)."""
         c = self.cache
         kb, vb = c.k[self.i], c.v[self.i]
-        if getattr(c, "reads_before_write", False):  # a long chunk into a ring: the slots as they were, then its own
+        if c.reads_before_write:  # a long chunk into a ring: the slots as they were, then its own
             k_all = torch.cat([kb[:, :, :c.old], k.to(kb.dtype)], dim=2)  # (B, H, S + T, hd)
             v_all = torch.cat([vb[:, :, :c.old], v.to(vb.dtype)], dim=2)
         put_slots(kb, c._slot, k.transpose(1, 2), dim=2)  # values (B, T, H, hd)
         put_slots(vb, c._slot, v.transpose(1, 2), dim=2)
-        if getattr(c, "reads_before_write", False):
+        if c.reads_before_write:
             return k_all, v_all
         return kb[:, :, :c.visible], vb[:, :, :c.visible]
 
@@ -134,7 +136,6 @@ class StackCache(KVCache):
         slots = window + RING_MARGIN if self.ring else positions
         super().__init__(len(blocks), batch, slots, a.n_kv_heads, a.head_dim, w.dtype, w.device)
         self.window, self.doc_reset = window, doc_reset
-        self.reads_before_write = False  # this step's layers read the slots before its writes
         dev = w.device
         self.pos = torch.full((batch, slots + 1), -1, dtype=torch.int64, device=dev)  # (B, S + 1)
         self.doc = torch.zeros(batch, slots + 1, dtype=torch.int64, device=dev)
@@ -158,8 +159,8 @@ class StackCache(KVCache):
         self.reads_before_write = self.ring and pos.shape[1] > RING_MARGIN
         if self.reads_before_write:
             # The slots as they were (entries before the chunk's first position), then the
-            # chunk's own; only a row's last R entries are written, so no two share a slot.
-            # Slots filled before the chunk: all of them, or as many as rows had reached (``see``).
+            # chunk's own; only a row's last R entries are written, so no two share a slot. The
+            # slots filled before the chunk: all of them, or as many as rows had reached (``see``).
             self.old = self.slots if self.reach is None else max(0, min(self.reach - pos.shape[1], self.slots))
             first = torch.where(valid, pos, torch.iinfo(torch.int64).max).min(dim=1, keepdim=True).values  # (B, 1)
             old_pos, old_doc = self.pos[:, :self.old], self.doc[:, :self.old]
