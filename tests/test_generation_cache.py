@@ -16,7 +16,7 @@ from bltkit.inference.boundaries import OnlineBoundaries
 from bltkit.inference.generate import collect
 from bltkit.inference.recompute import RecomputeStepper
 from bltkit.inference.sampling import SamplingParams
-from bltkit.inference.stepper import CachedStepper
+from bltkit.inference.stepper import TUNED, CachedStepper
 from bltkit.model import ByteLatentTransformer, load_blt_config
 from bltkit.nn.kv_cache import RING_MARGIN
 from bltkit.patching.config import PatcherConfig
@@ -355,6 +355,39 @@ def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
     assert (eager[0] - eager[1]).abs().max() > 1e-4  # the two models differ
     for e, c in zip(eager, comp):
         torch.testing.assert_close(c, e, atol=1e-5, rtol=0)
+
+
+def test_tuned_steps_of_two_models_with_other_weights_each_equal_eager():
+    """``compile="max-autotune"`` freezes the weights into the graph: two models of the same
+    shapes and settings but other weights, stepped in turn, each run their own weights, and so
+    does a model whose weights changed in place since its last tuned generation."""
+    blts = [ByteLatentTransformer(load_blt_config("tiny", SMALL)).eval() for _ in range(2)]
+    blts[1].init_weights(seed=5)
+    cfg = PatcherConfig(scheme="space")
+    prompt = [encode("a b c d", eos=False)]
+    ids = torch.tensor([ord("e") + 4])
+
+    def run(steppers):
+        out = [[] for _ in steppers]
+        for st in steppers:
+            st.start(prompt)
+        for _ in range(3):
+            for i, st in enumerate(steppers):
+                out[i].append(st.step(ids))
+        return [torch.stack(o) for o in out]
+
+    eager = run([CachedStepper(b, cfg, None, 20, CPU) for b in blts])
+    tuned = run([CachedStepper(b, cfg, None, 20, CPU, compile=TUNED, split_global=False) for b in blts])
+    assert (eager[0] - eager[1]).abs().max() > 1e-3  # the two models differ
+    for e, c in zip(eager, tuned):
+        torch.testing.assert_close(c, e, atol=1e-4, rtol=0)
+    # Weights updated in place (an optimizer step, load_state_dict): a new tuned generation runs
+    # the new weights, not the graph that froze the old ones.
+    with torch.no_grad():
+        for p in blts[0].parameters():
+            p.mul_(1.5)
+    eager, tuned = run([CachedStepper(blts[0], cfg, None, 20, CPU)]), run([CachedStepper(blts[0], cfg, None, 20, CPU, compile=TUNED, split_global=False)])
+    torch.testing.assert_close(tuned[0], eager[0], atol=1e-4, rtol=0)
 
 
 def test_eager_steps_read_only_the_slots_rows_reached(models):

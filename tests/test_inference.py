@@ -272,6 +272,14 @@ class _EosAt:
         return self._logits(ids.shape[0])
 
 
+def test_compile_takes_true_or_max_autotune_and_names_anything_else(lm):
+    for bad in ("max_autotune", 1, "inductor"):
+        with pytest.raises(ValueError, match=f"compile must be False, True or 'max-autotune', got {bad!r}"):
+            lm.generate("x", max_new_bytes=2, compile=bad)
+        with pytest.raises(ValueError, match="compile must be"):
+            next(lm.stream("x", max_new_bytes=2, compile=bad))
+
+
 def test_ignore_eos_feeds_eos_back_and_ends_no_row():
     from bltkit.inference.generate import decode_loop
 

@@ -48,6 +48,7 @@ class BenchSettings:
     attn_impl: Literal["auto", "sdpa", "flex"] = "auto"  # auto: flex on CUDA (the fast path), sdpa elsewhere
     compile: bool = False  # per-block torch.compile (opt-in)
     compile_backend: str = "inductor"  # torch.compile backend of the compiled decode step
+    tuned: bool = False  # also the decode step compiled "max-autotune" (GEMMs tuned on frozen weights)
     # Pad patch columns to a multiple of this (0: off). None: 64 where something is compiled (the
     # CUDA path's flex_attention, or --compile), where a new patch count would recompile; 0
     # elsewhere, where padded columns are only extra global-model work.
@@ -223,7 +224,7 @@ def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer,
         prompt = random_bytes(batch, s.gen_prompt_bytes, s.seed + batch)
         uncached = bltkit_generate_figure(model, gen_entropy, prompt, s.gen_new_bytes, s.threshold,
                                           device=device, amp=amp)
-        paths = ("eager", "compiled", "speculative") if s.compile else ("eager", "speculative")
+        paths = ("eager",) + (("compiled",) if s.compile else ()) + (("tuned",) if s.tuned else ()) + ("speculative",)
         cached = _guard(lambda: cached_generation_figure(model, entropy_model, s.threshold, batch,
                                                          s.gen_prompt_bytes, s.gen_new_bytes, device, paths,
                                                          compile_backend=s.compile_backend,

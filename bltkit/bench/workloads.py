@@ -29,6 +29,7 @@ from torch import nn
 from ..model.config import BLTConfig
 from ..nn.attention import CrossAttention
 from ..nn.block import TransformerBlock
+from ..inference.stepper import TUNED
 from ..runtime import autocast
 from .inputs import pad_patch_columns
 from .measure import profile_calls, peak_memory, time_generation, time_steps, time_train_steps
@@ -163,7 +164,8 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
     rec.setdefault("mode", "cached (bltkit.inference)")
     if profile_dir:
         for path in (p for p in paths if p != "speculative"):
-            compiled = (True if compile_backend == "inductor" else compile_backend) if path == "compiled" else False
+            compiled = {"compiled": True if compile_backend == "inductor" else compile_backend,
+                        "tuned": TUNED}.get(path, False)
             profile_decode_step(handle, batch, prompt_len, device, profile_dir, compiled=compiled)
     return rec
 
@@ -188,7 +190,7 @@ def profile_decode_step(handle, batch: int, prompt_len: int, device: torch.devic
             for _ in range(batch):  # decode_loop yields one (row, byte) at a time
                 next(it)
 
-        name = f"decode-step-b{batch}" + ("-compiled" if compiled else "")  # compiled: True or a backend
+        name = f"decode-step-b{batch}" + ("-tuned" if compiled == TUNED else "-compiled" if compiled else "")
         return profile_calls(one_byte, device, calls, directory, name)
 
 

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--compile", action="store_true", help="torch.compile each block of the train step, and time the compiled generation step too (opt-in)")
     a("--compile-backend", default="inductor",
       help="torch.compile backend of the compiled decode step (default inductor; 'eager' checks graph capture quickly)")
+    a("--tuned", action="store_true",
+      help="also time the decode step compiled 'max-autotune' (GEMMs autotuned on frozen weights; minutes to tune)")
     a("--bucket", type=int, default=None,
       help="pad patch columns to a multiple of this (0: off; default 64 when compiled: CUDA flex or --compile; else 0)")
     a("--entropy-config", default="small", help="entropy model config for patching/generation (default small)")
@@ -58,7 +60,7 @@ def run(args) -> int:
     from ..bench.runner import BenchSettings, format_table, json_line, run_benchmarks
 
     keys = [f for f in ("config", "rows", "n_bytes", "steps", "warmup", "only", "device", "dtype", "attn_impl",
-                        "compile", "compile_backend", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",
+                        "compile", "compile_backend", "tuned", "bucket", "entropy_config", "threshold", "gen_prompt_bytes", "gen_new_bytes",
                         "gen_batch", "hf", "hf_generate_bytes", "seed", "profile_dir", "patch_dense")]
     settings = from_dict(BenchSettings, {k: getattr(args, k) for k in keys}, source="command line")
 

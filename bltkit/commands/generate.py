@@ -5,7 +5,8 @@ Several prompts form one batch (each row patched and cached on its own). Greedy 
 otherwise each prompt's text on its own, separated by blank lines. --no-cache reruns the patcher
 and the whole model on the full prefix for every byte (the reference's way). --speculative D
 drafts D bytes past each patch boundary before one global-model call verifies them (greedy BLT
-only; the same bytes). --compile compiles the one-byte step.
+only; the same bytes). --compile compiles the one-byte step; --max-autotune compiles it with its
+matrix products autotuned on the frozen weights.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative", type=int, default=None, metavar="D",
                         help="self-speculative decoding (BLT-S), drafting D bytes past a patch boundary; greedy only")
     parser.add_argument("--compile", action="store_true", help="compile the one-byte decode step (torch.compile)")
+    parser.add_argument("--max-autotune", action="store_true",
+                        help="compile the step with its matrix products autotuned on the frozen weights (minutes)")
 
 
 def run(args) -> int:
@@ -39,7 +42,8 @@ def run(args) -> int:
     handle = load(args.model, device=args.device, dtype=args.dtype)
     kw = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               stop=args.stop, use_cache=not args.no_cache,
-              speculative=False if args.speculative is None else args.speculative, compile=args.compile)
+              speculative=False if args.speculative is None else args.speculative,
+              compile="max-autotune" if args.max_autotune else args.compile)
     if args.stream:
         if len(args.prompts) != 1 or args.json:
             raise ValueError("--stream takes exactly one prompt and no --json")

@@ -41,7 +41,7 @@ from .recompute import RecomputeStepper
 from .sampling import SamplingParams, check_seed
 from .scoring import LN2, forward_rows, gather_targets
 from .speculative import SpeculativeStepper, check_draft_length
-from .stepper import CachedStepper
+from .stepper import TUNED, CachedStepper
 
 DEFAULT_MAX_CONTEXT = 16384
 Prompt = Union[str, bytes, bytearray]
@@ -112,7 +112,7 @@ class Handle:
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: Union[int, Sequence[int]] = 0,
                  return_bytes: bool = False, details: bool = False, use_cache: bool = True,
-                 speculative: Union[bool, int] = False, compile: bool = False):
+                 speculative: Union[bool, int] = False, compile: Union[bool, str] = False):
         """Continue ``prompt`` (one, or a list: a batch of any lengths).
 
         Returns the new text (``str``), or ``bytes`` with ``return_bytes``, or a ``Generation``
@@ -123,8 +123,12 @@ class Handle:
 
         ``speculative`` (True, or a draft length in bytes): self-speculative decoding (BLT-S,
         ``speculative.py``), greedy BLT only, the same bytes as without it. ``compile``: the
-        one-byte step compiled whole with ``torch.compile`` (the first call pays the compilation).
+        one-byte step compiled whole with ``torch.compile`` (the first call pays the compilation);
+        ``"max-autotune"``: its matrix products autotuned against the weights frozen into the
+        graph (minutes to tune; about 2x a bench-S byte on a CPU, docs/benchmarks.md), for a model
+        whose weights no longer change.
         """
+        _check_compile(compile)
         single = not isinstance(prompt, (list, tuple))
         prompts = self._prompts([prompt] if single else list(prompt), max_new_bytes)
         params = self._params(temperature, top_k, top_p)
@@ -136,11 +140,12 @@ class Handle:
 
     def stream(self, prompt: Prompt, max_new_bytes: int = 256, temperature: float = 0.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, stop: Union[None, Prompt, Sequence[Prompt]] = None, seed: int = 0,
-               use_cache: bool = True, speculative: Union[bool, int] = False, compile: bool = False) -> Iterator[str]:
+               use_cache: bool = True, speculative: Union[bool, int] = False, compile: Union[bool, str] = False) -> Iterator[str]:
         """Text pieces as bytes are generated; no piece splits a UTF-8 character, and the pieces
         joined equal ``generate``'s text for the same arguments."""
         if isinstance(prompt, (list, tuple)):
             raise ValueError("stream takes one prompt; use generate for a batch")
+        _check_compile(compile)
         prompts = self._prompts([prompt], max_new_bytes)
         params = self._params(temperature, top_k, top_p)
         (s,) = self._seeds(seed, 1)
@@ -148,14 +153,14 @@ class Handle:
         return stream_text(stepper, prompts[0], max_new_bytes, params, s, _stops(stop))
 
     def _stepper(self, use_cache: bool, prompts: list[list[int]], max_new_bytes: int,
-                 params: Optional[SamplingParams] = None, speculative: Union[bool, int] = False, compile: bool = False):
+                 params: Optional[SamplingParams] = None, speculative: Union[bool, int] = False, compile: Union[bool, str] = False):
         max_bytes = max(len(p) for p in prompts) + max_new_bytes + 1
         patcher = self.external_patcher
         if speculative is not False:
             draft = check_draft_length(speculative)
             what = "a BLT with learned boundaries" if self.learns_boundaries and self.kind == "blt" \
                 else f"a {self.kind!r} model"
-            unsupported = [name for name, on in (("use_cache=False", not use_cache), ("compile=True", compile),
+            unsupported = [name for name, on in (("use_cache=False", not use_cache), (f"compile={compile!r}", compile),
                                                  (f"{what} (BLTs with a patcher only)", patcher is None)) if on]
             if params is not None and not params.greedy:
                 unsupported.append(f"temperature={params.temperature} (speculative decoding is greedy only)")
@@ -260,6 +265,11 @@ class Handle:
         if self.patcher is not None:
             patcher = self.patcher.for_bundle(ENTROPY_SUBDIR if self.entropy_model is not None else None)
         save_bundle(directory, self.model, self.kind, patcher=patcher, entropy_model=self.entropy_model)
+
+
+def _check_compile(compile) -> None:
+    if compile not in (False, True, TUNED) or not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile must be False, True or {TUNED!r}, got {compile!r}")
 
 
 def _stops(stop) -> list[bytes]:

@@ -22,6 +22,7 @@ from .generate import decode_loop
 from .recompute import RecomputeStepper
 from .sampling import SamplingParams
 from .speculative import DEFAULT_DRAFT
+from .stepper import TUNED
 
 _TEXT = ("The quick brown fox jumps over the lazy dog. Bytes in, patches inside, bytes out: a byte latent "
          "transformer reads raw UTF-8 and groups it into patches where the next byte is hard to guess. ")
@@ -90,15 +91,17 @@ def dispatches_per_byte(make, prompts, new_bytes: int = 16) -> float:
     return sum(1 for e in prof.events() if e.name.startswith("aten::")) / max(n, 1)
 
 
-PATHS = ("eager", "compiled", "speculative")
+PATHS = ("eager", "compiled", "tuned", "speculative")
 
 
 def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
                          uncached_new_bytes: Optional[int] = 16, paths=("eager", "speculative"),
                          draft: int = DEFAULT_DRAFT, compile_backend: str = "inductor") -> dict:
     """Cached generation speed on each of ``paths`` (``eager``: the default step; ``compiled``:
-    the one-byte step under ``torch.compile(fullgraph=True)``; ``speculative``: BLT-S with
-    ``draft``), with ATen dispatches a byte for eager and compiled, and each path's speed over
+    the one-byte step under ``torch.compile(fullgraph=True)``; ``tuned``: compiled with
+    ``compile="max-autotune"``, GEMMs autotuned on frozen weights; ``speculative``: BLT-S with
+    ``draft``), with ATen dispatches a byte for eager and compiled (the tuned step is the compiled
+    one's graph with other GEMM kernels, and counting would tune it again), and each path's speed over
     the eager one (``compiled`` is opt-in: inductor takes minutes to compile the step on a CPU;
     ``compile_backend`` names another backend). With ``uncached_new_bytes`` (> 0) also the uncached reference loop over that
     many bytes (O(T^2): keep it short) and ``speedup`` = eager cached / uncached bytes a second;
@@ -124,6 +127,7 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
         "eager": lambda p, n: handle._stepper(True, p, n),
         "compiled": lambda p, n: handle._stepper(True, p, n, compile=True if compile_backend == "inductor"
                                                  else compile_backend),
+        "tuned": lambda p, n: handle._stepper(True, p, n, compile=TUNED),
         "speculative": lambda p, n: handle._stepper(True, p, n, speculative=draft),
     }
     if handle.external_patcher is None:  # speculative decoding needs a BLT with a patcher
@@ -132,7 +136,7 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
         figures = {}
         for name in paths:
             figures[name] = _time(dev, makers[name], prompts, new_bytes)
-            if name != "speculative":
+            if name in ("eager", "compiled"):
                 figures[name]["dispatches_per_byte"] = dispatches_per_byte(makers[name], prompts)
             figures[name]["over_eager"] = figures[name]["bytes_per_s"] / figures["eager"]["bytes_per_s"]
         if "speculative" in figures:

@@ -19,6 +19,8 @@ and reads only the cache slots the longest row has reached (``see``; so does the
 on every path); the compiled and graph steps read every slot and run the global model on every
 byte with the closing mask instead (static shapes), except a compiled CPU step split at the
 global model (``split_global``), where the host reads between two graphs whether a patch closed.
+``compile=TUNED`` (``"max-autotune"``) tunes the compiled step's matrix products against the
+weights frozen into it; each such graph guards on a tag of the weights it froze.
 """
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ from ..patching.config import PatcherConfig
 from ..patching.entropies import entropy
 from .boundaries import OnlineBoundaries
 
+
+# ``compile=TUNED``: inductor with its GEMMs autotuned against the weights frozen as constants.
+# A batch-1 step's matmuls are matrix-vector products, and on a CPU the default (MKL) reads
+# weights at 14 GB/s, one thread or two alike, where inductor's CPP GEMM template on a frozen
+# weight reads them at 26 GB/s (docs/benchmarks.md, "what limits a step"): minutes of tuning, a
+# packed copy of the weights, and a graph that keeps the weights it was compiled with.
+TUNED = "max-autotune"
 
 # The split's second graph call and host read cost about 0.18 ms a step on the 2-core CPU; a
 # global model this size costs more than that a call, so skipping it on the bytes that close no
@@ -66,8 +75,10 @@ class CachedStepper:
     def __init__(self, model: nn.Module, patcher: Optional[PatcherConfig], entropy_model: Optional[nn.Module],
                  max_bytes: int, device: torch.device, compile: bool | str = False, cuda_graph: bool = False,
                  learned_patches: bool = False, split_global: Optional[bool] = None):
-        """``compile``: True compiles the one-byte step with inductor, a string names another
-        ``torch.compile`` backend (the tests' cheap ``aot_eager``); always ``fullgraph=True``.
+        """``compile``: True compiles the one-byte step with inductor, ``TUNED``
+        (``"max-autotune"``) with inductor's autotuned GEMMs on frozen weights (for a model whose
+        weights no longer change), another string names a ``torch.compile`` backend (the tests'
+        cheap ``aot_eager``); always ``fullgraph=True``.
         ``split_global`` (a compiled BLT with a patcher): compile the step as two graphs, the
         encoder half and the global-plus-decoder half, and read on the host between them
         whether a patch closed, so the global model runs only on the bytes that close one, as
@@ -96,10 +107,14 @@ class CachedStepper:
             split_global = self.device.type == "cpu" and self.is_blt and \
                 sum(p.numel() for p in model.global_transformer.parameters()) >= SPLIT_MIN_GLOBAL_PARAMS
         self.split = bool(compile) and self.is_blt and not learned_patches and split_global
-        backend = compile if isinstance(compile, str) else "inductor"
+        self.tuned = compile == TUNED
+        backend = compile if isinstance(compile, str) and not self.tuned else "inductor"
         # On a CPU, inductor's C++ wrapper calls the step's kernels without a Python call per
         # kernel: 12% more bytes a second on the tiny BLT (docs/benchmarks.md, "Cached generation").
-        options = {"cpp_wrapper": True} if backend == "inductor" and self.device.type == "cpu" else None
+        options = {"cpp_wrapper": True} if backend == "inductor" and self.device.type == "cpu" else {}
+        if self.tuned:
+            options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN" if self.device.type == "cpu" else "ATEN,TRITON")
+        options = options or None
 
         def compiled(fn):
             return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend, options=options)
@@ -110,6 +125,8 @@ class CachedStepper:
             self._back_fns = (compiled(self._back_draft), compiled(self._back_global))
         self._graph = None
         self._warm: set = set()  # the compiled graphs this generation has called
+        if self.tuned:  # the weights a tuned graph freezes (``_frozen_guard``)
+            self._tag = self._weights_tag() & (2**62 - 1)
 
     # ---- the caches ------------------------------------------------------------------------------
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -147,6 +164,10 @@ class CachedStepper:
     def _call(self, key, fn, *args):
         if not self.compiled or key not in self._warm:
             self._warm.add(key)
+            if self.tuned:  # inductor reads ``freezing`` from its global config, not ``options``
+                from torch._inductor import config as inductor_config
+                with inductor_config.patch(freezing=True):
+                    return fn(*args)
             return fn(*args)
         # Every call of a graph in a generation has its first call's inputs (the same objects,
         # shapes and settings), which passed every guard; the later ones evaluate only the
@@ -186,18 +207,35 @@ class CachedStepper:
             if c is not None and hasattr(c, "see"):
                 c.see(n)
 
+    def _weights_tag(self) -> int:
+        """Which weights, in which version, a tuned graph froze: the models' identities and the
+        in-place version counters of their parameters (an optimizer step or ``load_state_dict``
+        moves them)."""
+        mods = [m for m in (self.model, self.em) if m is not None]
+        return hash((tuple(id(m) for m in mods), sum(p._version for m in mods for p in m.parameters())))
+
+    def _frozen_guard(self) -> None:
+        # Traced into every tuned graph: comparing the tag makes its value a guard, so a graph
+        # that froze other weights (another model, or this one before an update) is not reused.
+        if self.tuned and self._tag == -1:  # never true: the comparison is what matters
+            raise RuntimeError("unreachable")
+
     def _step_eager(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        self._frozen_guard()
         return self.feed(ids[:, None], live[:, None], 1 if self.static else None)[:, 0]  # (B, V)
 
     # ---- the split step (``split_global``): two graphs, the host choosing the second ----------------
     def _front(self, ids: torch.Tensor, live: torch.Tensor) -> tuple:
+        self._frozen_guard()
         ids, valid = ids[:, None], live[:, None]
         return self.model.encode_step(ids, self._starts_next(ids, valid), self.cache, valid)
 
     def _back_draft(self, *state) -> torch.Tensor:  # no patch waits: no global model
+        self._frozen_guard()
         return self.model.finish_step(state, self.cache, 0)[:, 0]
 
     def _back_global(self, *state) -> torch.Tensor:
+        self._frozen_guard()
         return self.model.finish_step(state, self.cache, 1)[:, 0]
 
     def _graph_step(self, ids: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
