@@ -329,6 +329,18 @@ def test_split_default_follows_the_global_models_size(models, monkeypatch):
         CachedStepper(blt, cfg, em, 40, CPU, split_global=True)
 
 
+def _in_turn(steppers, steps: int):
+    """Each stepper starts on "a b c d", then they step the byte "e" in turn; logits a stepper."""
+    prompt, ids = [encode("a b c d", eos=False)], torch.tensor([ord("e") + 4])
+    out = [[] for _ in steppers]
+    for st in steppers:
+        st.start(prompt)
+    for _ in range(steps):
+        for i, st in enumerate(steppers):
+            out[i].append(st.step(ids))
+    return [torch.stack(o) for o in out]
+
+
 def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
     """After a generation's first step, a compiled step evaluates only the guards that tell
     compiled entries apart: two models of the same shapes but another pooling (a value the
@@ -338,20 +350,8 @@ def test_compiled_steps_of_two_models_interleaved_each_equal_eager():
             for m in ("max", "mean")]
     blts[1].load_state_dict(blts[0].state_dict())
     cfg = PatcherConfig(scheme="space")
-    prompt = [encode("a b c d", eos=False)]
-    ids = torch.tensor([ord("e") + 4])
-
-    def run(steppers):
-        out = [[] for _ in steppers]
-        for st in steppers:
-            st.start(prompt)
-        for _ in range(6):
-            for i, st in enumerate(steppers):
-                out[i].append(st.step(ids))
-        return [torch.stack(o) for o in out]
-
-    eager = run([CachedStepper(b, cfg, None, 20, CPU) for b in blts])
-    comp = run([CachedStepper(b, cfg, None, 20, CPU, compile="eager") for b in blts])
+    eager = _in_turn([CachedStepper(b, cfg, None, 20, CPU) for b in blts], 6)
+    comp = _in_turn([CachedStepper(b, cfg, None, 20, CPU, compile="eager") for b in blts], 6)
     assert (eager[0] - eager[1]).abs().max() > 1e-4  # the two models differ
     for e, c in zip(eager, comp):
         torch.testing.assert_close(c, e, atol=1e-5, rtol=0)
@@ -364,20 +364,8 @@ def test_tuned_steps_of_two_models_with_other_weights_each_equal_eager():
     blts = [ByteLatentTransformer(load_blt_config("tiny", SMALL)).eval() for _ in range(2)]
     blts[1].init_weights(seed=5)
     cfg = PatcherConfig(scheme="space")
-    prompt = [encode("a b c d", eos=False)]
-    ids = torch.tensor([ord("e") + 4])
-
-    def run(steppers):
-        out = [[] for _ in steppers]
-        for st in steppers:
-            st.start(prompt)
-        for _ in range(3):
-            for i, st in enumerate(steppers):
-                out[i].append(st.step(ids))
-        return [torch.stack(o) for o in out]
-
-    eager = run([CachedStepper(b, cfg, None, 20, CPU) for b in blts])
-    tuned = run([CachedStepper(b, cfg, None, 20, CPU, compile=TUNED, split_global=False) for b in blts])
+    eager = _in_turn([CachedStepper(b, cfg, None, 20, CPU) for b in blts], 3)
+    tuned = _in_turn([CachedStepper(b, cfg, None, 20, CPU, compile=TUNED, split_global=False) for b in blts], 3)
     assert (eager[0] - eager[1]).abs().max() > 1e-3  # the two models differ
     for e, c in zip(eager, tuned):
         torch.testing.assert_close(c, e, atol=1e-4, rtol=0)
@@ -386,7 +374,8 @@ def test_tuned_steps_of_two_models_with_other_weights_each_equal_eager():
     with torch.no_grad():
         for p in blts[0].parameters():
             p.mul_(1.5)
-    eager, tuned = run([CachedStepper(blts[0], cfg, None, 20, CPU)]), run([CachedStepper(blts[0], cfg, None, 20, CPU, compile=TUNED, split_global=False)])
+    eager = _in_turn([CachedStepper(blts[0], cfg, None, 20, CPU)], 3)
+    tuned = _in_turn([CachedStepper(blts[0], cfg, None, 20, CPU, compile=TUNED, split_global=False)], 3)
     torch.testing.assert_close(tuned[0], eager[0], atol=1e-4, rtol=0)
 
 
