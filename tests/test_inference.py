@@ -260,7 +260,7 @@ class _EosAt:
         self.n = 0
 
     def _logits(self, b):
-        out = torch.zeros(b, 260)
+        out = torch.zeros(b, VOCAB_SIZE)
         out[:, EOS_ID if self.n == 2 else OFFSET + ord("a")] = 1.0
         self.n += 1
         return out

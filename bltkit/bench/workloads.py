@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference.stepper import TUNED
 from ..model.config import BLTConfig
 from ..nn.attention import CrossAttention
 from ..nn.block import TransformerBlock
-from ..inference.stepper import TUNED
 from ..runtime import autocast
 from .inputs import pad_patch_columns
 from .measure import profile_calls, peak_memory, time_generation, time_steps, time_train_steps
@@ -148,7 +148,7 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
 
     from ..bundle import save_bundle
     from ..inference.api import load
-    from ..inference.bench import generation_benchmark
+    from ..inference.bench import generation_benchmark, path_compile
 
     with tempfile.TemporaryDirectory() as d:
         save_bundle(d, model, kind="blt", patcher={"scheme": "entropy", "threshold": threshold},
@@ -164,9 +164,8 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
     rec.setdefault("mode", "cached (bltkit.inference)")
     if profile_dir:
         for path in (p for p in paths if p != "speculative"):
-            compiled = {"compiled": True if compile_backend == "inductor" else compile_backend,
-                        "tuned": TUNED}.get(path, False)
-            profile_decode_step(handle, batch, prompt_len, device, profile_dir, compiled=compiled)
+            profile_decode_step(handle, batch, prompt_len, device, profile_dir,
+                                compiled=path_compile(path, compile_backend))
     return rec
 
 

@@ -94,6 +94,11 @@ def dispatches_per_byte(make, prompts, new_bytes: int = 16) -> float:
 PATHS = ("eager", "compiled", "tuned", "speculative")
 
 
+def path_compile(path: str, compile_backend: str = "inductor") -> bool | str:
+    """The ``compile`` argument of a path's stepper (False for eager and speculative)."""
+    return {"compiled": True if compile_backend == "inductor" else compile_backend, "tuned": TUNED}.get(path, False)
+
+
 def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
                          uncached_new_bytes: Optional[int] = 16, paths=("eager", "speculative"),
                          draft: int = DEFAULT_DRAFT, compile_backend: str = "inductor") -> dict:
@@ -125,9 +130,8 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
                patcher=handle.patcher.scheme if handle.patcher is not None else None, mode="cached")
     makers = {
         "eager": lambda p, n: handle._stepper(True, p, n),
-        "compiled": lambda p, n: handle._stepper(True, p, n, compile=True if compile_backend == "inductor"
-                                                 else compile_backend),
-        "tuned": lambda p, n: handle._stepper(True, p, n, compile=TUNED),
+        "compiled": lambda p, n: handle._stepper(True, p, n, compile=path_compile("compiled", compile_backend)),
+        "tuned": lambda p, n: handle._stepper(True, p, n, compile=path_compile("tuned")),
         "speculative": lambda p, n: handle._stepper(True, p, n, speculative=draft),
     }
     if handle.external_patcher is None:  # speculative decoding needs a BLT with a patcher
