@@ -12,9 +12,10 @@ in the same document, a document ending at and including EOS. RoPE positions are
 row and are not reset at documents. One layer sees ``window - 1`` positions back, so the whole
 stack's output at t depends on positions ``t - receptive_field .. t`` only, with
 ``receptive_field = n_layers * (window - 1)`` (each layer widens the reach of the one below). A
-long document therefore streams through in chunks overlapping by ``receptive_field`` with
-identical results (``bltkit.patching.entropies``); an overlap of only ``window - 1`` is *not* enough
-for more than one layer.
+long document therefore streams through in chunks with identical results
+(``bltkit.patching.entropies``): each chunk carrying every layer's last ``window - 1`` keys from the
+one before (``new_carry``, the blocked path), or, for the dense reference path, chunks overlapping
+by ``receptive_field`` (an overlap of only ``window - 1`` is *not* enough for more than one layer).
 
 Unlike the reference loader this module never switches the global dtype nor names a device
 (docs/contributing.md): precision is the caller's autocast; logits come back in fp32. The loss lives outside
@@ -33,8 +34,8 @@ from bltkit import config as cfgio
 from bltkit import weights
 from bltkit.data.vocab import EOS_ID, VOCAB_SIZE, check_ids
 from bltkit.nn import RMSNorm, StackConfig, rope_angles, transformer_blocks, trunc_normal_
-from bltkit.nn.kv_cache import StackCache
-from bltkit.nn.masks import LocalAttention, document_ids, local_self_mask
+from bltkit.nn.kv_cache import StackCache, WindowCarry
+from bltkit.nn.masks import LocalAttention, document_ids, local_self_mask, local_window_mask
 
 PATCHER_FILE = "patcher.yaml"  # written by ``bltkit calibrate`` beside the weights
 
@@ -104,15 +105,22 @@ class EntropyModel(weights.Pretrained, nn.Module):
         return self.config.max_seqlen
 
     def forward(self, ids: torch.Tensor, attn_impl: Optional[str] = None, validate: bool = True,
-                cache: Optional[StackCache] = None, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cache: Optional[StackCache] = None, valid: Optional[torch.Tensor] = None,
+                carry: Optional[WindowCarry] = None) -> torch.Tensor:
         """Next-byte logits (B, T, V) in fp32 for ``ids`` (B, T): logits[:, t] predict ids[:, t+1].
 
         With ``cache`` (``new_cache``), ``ids`` are the next T bytes of each row: positions and
         the mask come from the cache, which they extend; ``valid`` (B, T) marks real bytes (a
         prefix of each row; the rest is padding and leaves the cache as it was). No host sync.
+        With ``carry`` (``new_carry``), ``ids`` are the next chunk of each row, attending to the
+        previous chunk's last ``window - 1`` positions too (full-sequence streaming).
         """
         if cache is not None:
             return self._cached(ids, cache, valid)
+        if carry is not None:
+            if validate:
+                check_ids(ids)
+            return self._carried(ids, carry)
         if ids.dim() != 2:
             raise ValueError(f"ids must be (batch, positions), got shape {tuple(ids.shape)}")
         b, t = ids.shape
@@ -131,6 +139,33 @@ class EntropyModel(weights.Pretrained, nn.Module):
         h = self.tok_embeddings(ids)  # (B, T, D)
         for layer in self.layers:
             h = layer(h, rope, mask)
+        return self.output(self.norm(h)).float()  # (B, T, V)
+
+    def new_carry(self, device: torch.device) -> Optional[WindowCarry]:
+        """A carry for streaming rows chunk by chunk (``forward(ids, carry=...)``), or None where
+        this model streams by overlapping chunks instead: no window, the dense reference mask, or
+        FlexAttention (the CUDA default, whose block mask is built for square self-attention)."""
+        cfg = self.config
+        impl = cfg.attn_impl if cfg.attn_impl != "auto" else ("flex" if device.type == "cuda" else "sdpa")
+        if cfg.window is None or cfg.window < 2 or cfg.local_attention != "blocked" or impl != "sdpa":
+            return None
+        return WindowCarry(cfg.n_layers, cfg.window, cfg.head_dim, cfg.rope_theta)
+
+    def _carried(self, ids: torch.Tensor, carry: WindowCarry) -> torch.Tensor:
+        cfg = self.config
+        t = ids.shape[1]
+        c = cfg.window - 1
+        # The chunk's frame: carried keys at 0 .. c-1, the chunk at c .. c+T-1 (WindowCarry).
+        rope = rope_angles(torch.arange(c, c + t, device=ids.device), cfg.head_dim, cfg.rope_theta)  # (T, hd/2)
+        ends = ids == EOS_ID if cfg.doc_reset else torch.zeros_like(ids, dtype=torch.bool)
+        doc, carried = carry.documents(ends)  # (B, T), (B, c)
+        # One host sync (streaming is a host loop): inside one document, with every carried key
+        # real, the band alone is the mask, one tile for all blocks (docs ids never decrease).
+        one = bool((carried[:, 0] >= 0).all()) and (not cfg.doc_reset or bool((carried[:, 0] == doc[:, -1]).all()))
+        mask = local_window_mask(doc, cfg.window, cfg.doc_reset, context_doc=carried, one_document=one)
+        h = self.tok_embeddings(ids)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, mask, carry.layer(i))
         return self.output(self.norm(h)).float()  # (B, T, V)
 
     def new_cache(self, batch: int, max_len: int) -> StackCache:

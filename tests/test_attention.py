@@ -50,6 +50,29 @@ def test_blocked_equals_dense(t, window, block, doc_reset, eos_at, gqa):
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(t0=st.integers(0, 120), t=st.integers(1, 150), window=st.integers(2, 60), block=st.integers(1, 40),
+       doc_reset=st.booleans(), eos_at=st.lists(st.integers(0, 269), max_size=6))
+def test_blocked_with_carried_keys_equals_dense_over_the_whole_row(t0, t, window, block, doc_reset, eos_at):
+    # A chunk of t queries after t0 earlier positions of its row, given only the last window - 1
+    # of their keys (zeros and document -2 where the row has fewer): the dense rows t0.. of the whole row.
+    doc = document_ids(docs_of(2, t0 + t, eos_at))
+    q, k, v = qkv(2, 2, t0 + t, 8)
+    ref = attend(q, k, v, dense(doc, window, doc_reset))[:, :, t0:]
+    c = window - 1
+    lead = max(0, c - t0)  # carried slots the row has no position for
+    pad = lambda x: torch.cat([x.new_zeros(x.shape[:2] + (lead,) + x.shape[3:]), x[:, :, max(0, t0 - c):t0]], 2)
+    ctx_doc = torch.cat([torch.full((2, lead), -2, dtype=torch.int32), doc[:, max(0, t0 - c):t0]], 1)
+    mask = local_window_mask(doc[:, t0:], window, doc_reset, block, context_doc=ctx_doc)
+    kc, vc = torch.cat([pad(k), k[:, :, t0:]], 2), torch.cat([pad(v), v[:, :, t0:]], 2)
+    torch.testing.assert_close(attend(q[:, :, t0:], kc, vc, mask), ref, atol=2e-6, rtol=1e-5)
+    if lead == 0 and (not doc_reset or bool((doc[:, t0 - c:] == doc[:, t0 - c:t0 - c + 1]).all())):
+        # one document, every carried key real: the band alone, one tile for every block
+        one = local_window_mask(doc[:, t0:], window, doc_reset, block, context_doc=ctx_doc, one_document=True)
+        assert one.bias(torch.float32).shape == (1, 1, one.block, one.span)
+        torch.testing.assert_close(attend(q[:, :, t0:], kc, vc, one), ref, atol=2e-6, rtol=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(t=st.integers(1, 12), s=st.integers(1, 40), width=st.integers(1, 4), seed=st.integers(0, 2**16),
        empty_rows=st.sampled_from(["zero", "uniform"]))
@@ -145,6 +168,10 @@ def test_local_self_mask_forms():
     q, k, v = qkv(2, 2, 100, 8)
     with pytest.raises(ValueError, match="full-sequence self-attention"):
         attend(q[:, :, :1], k, v, local_window_mask(doc, 16))
+    with pytest.raises(ValueError, match="15 carried keys"):  # a carried mask wants window - 1 keys first
+        attend(q, k, v, local_window_mask(doc, 16, context_doc=torch.full((2, 15), -2, dtype=torch.int32)))
+    with pytest.raises(ValueError, match=r"context_doc must be .*\(2, 15\).*\(2, 16\)"):
+        local_window_mask(doc, 16, context_doc=torch.zeros(2, 16, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "flex"])

@@ -7,6 +7,7 @@ import torch
 from bltkit.config import ConfigError
 from bltkit.data.vocab import EOS_ID, OFFSET
 from bltkit.patching.entropies import LN_VOCAB, compute_entropies, entropy
+from bltkit.nn.kv_cache import WindowCarry
 from entropy_model.model import EntropyModel, EntropyModelConfig, load_entropy_config
 
 
@@ -105,6 +106,50 @@ def test_streaming_equals_single_pass_on_long_document():
     assert (short - full).abs().max() > 1e-3
 
 
+def _positions_scored(model, fn):
+    """Positions the model's forward sees while ``fn`` runs, and the calls that carried keys."""
+    seen = {"positions": 0, "carried": 0}
+
+    def hook(_module, args, kwargs):
+        seen["positions"] += args[0].numel()
+        seen["carried"] += kwargs.get("carry") is not None
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("doc_reset", [True, False])
+def test_carried_streaming_scores_each_position_once_and_equals_single_pass(doc_reset):
+    m = _model(doc_reset=doc_reset).eval()  # window 64: 63 keys carried a layer
+    g = torch.Generator().manual_seed(2)
+    doc = torch.randint(OFFSET, 260, (3000,), generator=g)
+    doc[[1234, 1290, 2999]] = EOS_ID
+    with torch.no_grad():
+        full = entropy(m(doc[None]))[0]
+    for chunk in (300, 37):  # 37 < window - 1: the carried keys span several chunks
+        streamed, seen = _positions_scored(m, lambda: compute_entropies(m, [doc], chunk_len=chunk)[0])
+        assert seen == {"positions": 3000, "carried": -(-3000 // chunk)}  # nothing recomputed
+        torch.testing.assert_close(streamed, full, atol=5e-5, rtol=0)
+    # rows of different lengths in lockstep, with a short row beside them and logits returned
+    rows = [doc, doc[:1700], doc[:100]]
+    (ents, logits), seen = _positions_scored(
+        m, lambda: compute_entropies(m, rows, chunk_len=300, return_logits=True))
+    assert seen["positions"] == 100 + 2 * 3000 and seen["carried"] == 10  # the 1700-byte row pads to the longer
+    for r, e, lg in zip(rows, ents, logits):
+        torch.testing.assert_close(e, full[: r.numel()], atol=5e-5, rtol=0)
+        assert lg.shape == (r.numel(), 260) and torch.allclose(entropy(lg), e, atol=1e-5)
+    # the dense reference mask keeps overlapping chunks: more positions, the same entropies
+    dense_m = _model(doc_reset=doc_reset, local_attention="dense").eval()
+    dense_m.load_state_dict(m.state_dict())
+    overlapped, seen = _positions_scored(dense_m, lambda: compute_entropies(dense_m, [doc], chunk_len=300)[0])
+    assert seen["carried"] == 0 and seen["positions"] > 3000
+    torch.testing.assert_close(overlapped, full, atol=1e-4, rtol=0)
+
+
 def test_rows_are_independent_of_their_batch_and_logits_returned():
     m = _model().eval()
     a = torch.randint(OFFSET, 260, (500,))
@@ -147,5 +192,9 @@ def test_bad_config_and_ids():
         EntropyModel(EntropyModelConfig(dim=30, n_heads=4))
     with pytest.raises(ValueError, match="300"):
         _model()(torch.tensor([[1, 300]]))
-    with pytest.raises(ValueError, match="chunk_len"):
-        compute_entropies(_model(), [torch.ones(500, dtype=torch.long)], chunk_len=100)
+    with pytest.raises(ValueError, match="chunk_len 100 must exceed the overlap .* 126"):  # overlapping chunks
+        compute_entropies(_model(local_attention="dense"), [torch.ones(500, dtype=torch.long)], chunk_len=100)
+    with pytest.raises(ValueError, match="chunk_len must be >= 1, got 0"):
+        compute_entropies(_model(), [torch.ones(500, dtype=torch.long)], chunk_len=0)
+    with pytest.raises(ValueError, match="window >= 2, got 1"):
+        WindowCarry(2, 1, 16, 10000.0)

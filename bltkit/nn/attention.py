@@ -83,22 +83,25 @@ def _windowed(q, k, v, m: LocalWindowMask, scale: float) -> torch.Tensor:
     no copy: copying them would write L / c times the keys), the blocks taking SDPA's head axis
     and the heads its batch axis, with one mask broadcast over the heads."""
     b, h, t, d = q.shape
-    if k.shape[2] != t or t != m.length:
-        raise ValueError(f"a LocalWindowMask over {m.length} positions needs full-sequence self-attention, "
-                         f"got {t} queries and {k.shape[2]} keys")
+    carried = m.window - 1 if m.context else 0  # keys before the queries' own (a carried context)
+    if k.shape[2] != t + carried or t != m.length:
+        raise ValueError(f"a LocalWindowMask over {m.length} positions needs full-sequence self-attention "
+                         f"over {carried} carried keys, got {t} queries and {k.shape[2]} keys")
     n, c, span = m.n_blocks, m.block, m.span
     pad = n * c - t
     if pad:
         q = F.pad(q, (0, 0, 0, pad))  # (B, H, n*c, hd)
-    k = F.pad(k, (0, 0, m.window - 1, pad))  # (B, H, window-1 + n*c, hd): padding before 0 and past T
-    v = F.pad(v, (0, 0, m.window - 1, pad))
-    bias = m.bias(q.dtype)  # (B, n, c, L)
+    # (B, H, window-1 + n*c, hd): the carried keys or padding before position 0, padding past T
+    k = F.pad(k, (0, 0, m.window - 1 - carried, pad))
+    v = F.pad(v, (0, 0, m.window - 1 - carried, pad))
+    bias = m.bias(q.dtype)  # (B, n, c, L), or (1, 1, c, L) for one document
     out = q.new_empty(b, h, n * c, d)
     for r in range(b):
         qb = q[r].view(h, n, c, d)
         kb = k[r].unfold(1, span, c).transpose(-1, -2)  # (H, n, L, hd), a view
         vb = v[r].unfold(1, span, c).transpose(-1, -2)
-        out[r] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias[r:r + 1], scale=scale).view(h, n * c, d)
+        mask_r = bias if bias.shape[0] == 1 else bias[r:r + 1]
+        out[r] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask_r, scale=scale).view(h, n * c, d)
     return out[:, :, :t]
 
 

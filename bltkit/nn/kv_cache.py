@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .masks import local_causal_mask
+from .rope import apply_rope, rope_angles
 
 # Extra ring slots past a windowed stack's window: the longest chunk written before it is read,
 # and the deepest rollback (``truncate``) a ring survives (``bltkit.inference.speculative`` caps
@@ -203,4 +204,73 @@ class StackCache(KVCache):
             self.n_docs.copy_(n_docs)
 
 
-__all__ = ["KVCache", "RING_MARGIN", "StackCache", "put_slots"]
+class WindowCarry:
+    """What a windowed stack needs of a row's previous chunk to go on with the next: each layer's
+    last ``window - 1`` keys and values, and their documents. Streaming a long row through the
+    full-sequence blocked attention with it (``bltkit.patching.entropies``) computes every
+    position once, where chunks overlapping by the receptive field ``n_layers * (window - 1)``
+    recompute it (25% of the paper entropy model's 28,616-position chunks).
+
+    Frame: a chunk's T queries sit at positions ``window - 1 .. window - 2 + T`` after the carried
+    keys at ``0 .. window - 2``, so RoPE angles stay as small as in one window whatever the row's
+    length (RoPE is relative: q·k depends on position differences only). The keys kept for the
+    next chunk sit at ``T .. T + window - 2`` and are turned back by T (one rotation, in the
+    keys' own dtype). A row that has no carried keys yet gives them document -2, which no query
+    sees. Axes: B rows, H kv heads, C = window - 1 carried positions, hd head dim.
+
+    The ``update(k, v)`` of ``layer(i)`` is the protocol ``SelfAttention`` calls; ``documents``
+    starts a chunk. Rows go in lockstep: every row of a chunk has T positions (padding at a row's
+    end leaves garbage in its carry, read only by its own later padding)."""
+
+    def __init__(self, n_layers: int, window: int, head_dim: int, rope_theta: float):
+        if window < 2:
+            raise ValueError(f"a carried window needs window >= 2, got {window}")
+        self.context = window - 1
+        self.head_dim, self.rope_theta = head_dim, rope_theta
+        self.k: list[Optional[torch.Tensor]] = [None] * n_layers  # (B, H, C, hd) each
+        self.v: list[Optional[torch.Tensor]] = [None] * n_layers
+        self.doc: Optional[torch.Tensor] = None  # (B, C) int32 documents of the carried keys
+        self.next_doc: Optional[torch.Tensor] = None  # (B,) document the next position opens in
+        self._shift: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # rope angles of -T
+
+    def documents(self, ends_doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start a chunk whose entries ``ends_doc`` (B, T) marks where a document closes (EOS):
+        returns its documents (B, T) and the carried keys' (B, C), one numbering for both."""
+        b, t = ends_doc.shape
+        dev = ends_doc.device
+        ends = ends_doc.to(torch.int32)
+        base = self.next_doc if self.next_doc is not None else torch.zeros(b, dtype=torch.int32, device=dev)
+        doc = base[:, None] + torch.cumsum(ends, dim=1, dtype=torch.int32) - ends  # (B, T)
+        carried = self.doc if self.doc is not None else torch.full((b, self.context), -2, dtype=torch.int32, device=dev)
+        self.doc = torch.cat([carried, doc], dim=1)[:, -self.context:]
+        self.next_doc = doc[:, -1] + ends[:, -1]
+        self._shift = rope_angles(torch.tensor([-t], device=dev), self.head_dim, self.rope_theta)  # (1, hd/2)
+        return doc, carried
+
+    def layer(self, i: int) -> "_CarriedLayer":
+        return _CarriedLayer(self, i)
+
+
+class _CarriedLayer:
+    def __init__(self, carry: WindowCarry, i: int):
+        self.carry, self.i = carry, i
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values (B, H, T, hd) of a chunk -> the carried ones then these (B, H, C + T, hd);
+        keeps the last C for the next chunk, turned into its frame."""
+        c, i = self.carry, self.i
+        if c._shift is None:
+            raise RuntimeError("WindowCarry.documents starts a chunk before its layers update")
+        if c.k[i] is None:
+            b, h, _, d = k.shape
+            c.k[i] = k.new_zeros(b, h, c.context, d)
+            c.v[i] = v.new_zeros(b, h, c.context, d)
+        k_all = torch.cat([c.k[i], k], dim=2)
+        v_all = torch.cat([c.v[i], v], dim=2)
+        cos, sin = c._shift
+        c.k[i] = apply_rope(k_all[:, :, -c.context:], cos, sin)
+        c.v[i] = v_all[:, :, -c.context:]
+        return k_all, v_all
+
+
+__all__ = ["KVCache", "RING_MARGIN", "StackCache", "WindowCarry", "put_slots"]

@@ -74,7 +74,11 @@ class LocalWindowMask:
     (block, L) ``band`` shared by all blocks; the document rule compares ``doc_q`` with ``doc_k``.
     Padding gets documents of its own (-2 before position 0, -1 past T), so no real query sees
     it; every real query sees itself, so no row is empty; padded query rows see padding only and
-    ``attend`` cuts them off."""
+    ``attend`` cuts them off.
+
+    With ``context`` the keys are ``window - 1`` carried positions before position 0 (the end of
+    the previous chunk of the row, ``bltkit.nn.kv_cache.WindowCarry``) followed by the T queries'
+    own, instead of padding then the queries' own; ``doc_k`` holds the carried keys' documents."""
 
     length: int  # T
     window: int
@@ -82,6 +86,11 @@ class LocalWindowMask:
     band: torch.Tensor  # (block, L) bool: 0 <= r - j + window - 1 < window
     doc_q: torch.Tensor  # (B, n, block) document of each query
     doc_k: torch.Tensor  # (B, n, L) document of each key
+    context: bool = False  # keys: window - 1 carried positions, then the T queries' own
+    # The caller knows every real position and key is in one document and no key is padding
+    # before position 0 (a carried chunk inside one document): the band alone decides, one
+    # (block, L) bias broadcast over rows and blocks. Keys past T stay unseen (the band is causal).
+    one_document: bool = False
     _bias: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -98,19 +107,28 @@ class LocalWindowMask:
         return self.band & (self.doc_q[..., :, None] == self.doc_k[..., None, :])
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive (B, n, block, L) form of ``allowed`` in ``dtype``, built once a forward
-        (every layer shares it) in two passes over it. -inf, as SDPA turns a boolean mask, so the
+        """Additive (B, n, block, L) form of ``allowed`` in ``dtype`` ((1, 1, block, L) for
+        ``one_document``), built once a forward (every layer shares it) in two passes over it. -inf, as SDPA turns a boolean mask, so the
         blocked and dense paths round alike."""
         if dtype not in self._bias:
             band = torch.zeros(self.band.shape, dtype=dtype, device=self.band.device).masked_fill_(~self.band, float("-inf"))
+            if self.one_document:  # (1, 1, block, L): SDPA reads one tile for every block
+                self._bias[dtype] = band[None, None]
+                return self._bias[dtype]
             same = self.doc_q[..., :, None] == self.doc_k[..., None, :]
             self._bias[dtype] = torch.where(same, band, torch.tensor(float("-inf"), dtype=dtype, device=band.device))
         return self._bias[dtype]
 
 
 def local_window_mask(doc: torch.Tensor, window: int, doc_reset: bool = True,
-                      block: Optional[int] = None) -> LocalWindowMask:
-    """The blocked form of ``local_causal_mask(doc, doc, pos, pos, window, doc_reset)``."""
+                      block: Optional[int] = None, context_doc: Optional[torch.Tensor] = None,
+                      one_document: bool = False) -> LocalWindowMask:
+    """The blocked form of ``local_causal_mask(doc, doc, pos, pos, window, doc_reset)``.
+
+    ``context_doc`` (B, window - 1): the documents of ``window - 1`` carried keys before position
+    0 (-2 where a row has none yet), in the same numbering as ``doc``; the keys attention is then
+    given are those carried keys followed by the queries' own (``LocalWindowMask.context``).
+    ``one_document``: the caller's promise that the band alone decides (``LocalWindowMask``)."""
     if window is None or window < 1:
         raise ValueError(f"the blocked local mask needs a window >= 1, got {window}")
     block = block or default_block(window)
@@ -123,11 +141,16 @@ def local_window_mask(doc: torch.Tensor, window: int, doc_reset: bool = True,
     gap = torch.arange(block, device=dev)[:, None] - torch.arange(span, device=dev)[None, :] + (window - 1)
     band = (gap >= 0) & (gap < window)  # (block, L)
     d = torch.full((b, window - 1 + n * block), -1, dtype=torch.int32, device=dev)
-    d[:, : window - 1] = -2
+    if context_doc is None:
+        d[:, : window - 1] = -2
+    elif context_doc.shape != (b, window - 1):
+        raise ValueError(f"context_doc must be (batch, window - 1) = {(b, window - 1)}, got {tuple(context_doc.shape)}")
+    else:
+        d[:, : window - 1] = context_doc if doc_reset else torch.where(context_doc == -2, -2, 0)
     d[:, window - 1: window - 1 + t] = doc if doc_reset else 0
     doc_q = d[:, window - 1:].view(b, n, block)
     doc_k = d.unfold(1, span, block)  # (B, n, L), a view
-    return LocalWindowMask(t, window, block, band, doc_q, doc_k)
+    return LocalWindowMask(t, window, block, band, doc_q, doc_k, context_doc is not None, one_document)
 
 
 # ---- spans: each query sees a few consecutive slots, gathered ----------------------------------
