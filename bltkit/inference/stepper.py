@@ -42,6 +42,11 @@ from .boundaries import OnlineBoundaries
 # packed copy of the weights, and a graph that keeps the weights it was compiled with.
 TUNED = "max-autotune"
 
+
+def tuned_options(device: torch.device) -> dict:
+    """Inductor options of a ``TUNED`` step on ``device`` (beside ``freezing``, always on)."""
+    return {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN" if device.type == "cpu" else "ATEN,TRITON"}
+
 # The split's second graph call and host read cost about 0.18 ms a step on the 2-core CPU; a
 # global model this size costs more than that a call, so skipping it on the bytes that close no
 # patch repays the split (tiny BLT, 0.5M: one graph 1.00 ms a step, split 1.18 ms; bench-S, 156M,
@@ -113,7 +118,7 @@ class CachedStepper:
         # kernel: 12% more bytes a second on the tiny BLT (docs/benchmarks.md, "Cached generation").
         options = {"cpp_wrapper": True} if backend == "inductor" and self.device.type == "cpu" else {}
         if self.tuned:
-            options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN" if self.device.type == "cpu" else "ATEN,TRITON")
+            options.update(tuned_options(self.device))
         options = options or None
 
         def compiled(fn):
