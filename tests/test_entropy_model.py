@@ -122,9 +122,9 @@ def _positions_scored(model, fn):
     return out, seen
 
 
-@pytest.mark.parametrize("doc_reset", [True, False])
-def test_carried_streaming_scores_each_position_once_and_equals_single_pass(doc_reset):
-    m = _model(doc_reset=doc_reset).eval()  # window 64: 63 keys carried a layer
+@pytest.mark.parametrize("kw", [{}, {"doc_reset": False}, {"n_kv_heads": 1}], ids=["docs", "no-reset", "gqa"])
+def test_carried_streaming_scores_each_position_once_and_equals_single_pass(kw):
+    m = _model(**kw).eval()  # window 64: 63 keys carried a layer
     g = torch.Generator().manual_seed(2)
     doc = torch.randint(OFFSET, 260, (3000,), generator=g)
     doc[[1234, 1290, 2999]] = EOS_ID
@@ -143,7 +143,7 @@ def test_carried_streaming_scores_each_position_once_and_equals_single_pass(doc_
         torch.testing.assert_close(e, full[: r.numel()], atol=5e-5, rtol=0)
         assert lg.shape == (r.numel(), 260) and torch.allclose(entropy(lg), e, atol=1e-5)
     # the dense reference mask keeps overlapping chunks: more positions, the same entropies
-    dense_m = _model(doc_reset=doc_reset, local_attention="dense").eval()
+    dense_m = _model(**kw, local_attention="dense").eval()
     dense_m.load_state_dict(m.state_dict())
     overlapped, seen = _positions_scored(dense_m, lambda: compute_entropies(dense_m, [doc], chunk_len=300)[0])
     assert seen["carried"] == 0 and seen["positions"] > 3000

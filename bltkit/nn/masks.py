@@ -108,8 +108,8 @@ class LocalWindowMask:
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive (B, n, block, L) form of ``allowed`` in ``dtype`` ((1, 1, block, L) for
-        ``one_document``), built once a forward (every layer shares it) in two passes over it. -inf, as SDPA turns a boolean mask, so the
-        blocked and dense paths round alike."""
+        ``one_document``), built once a forward (every layer shares it) in two passes over it.
+        -inf, as SDPA turns a boolean mask, so the blocked and dense paths round alike."""
         if dtype not in self._bias:
             band = torch.zeros(self.band.shape, dtype=dtype, device=self.band.device).masked_fill_(~self.band, float("-inf"))
             if self.one_document:  # (1, 1, block, L): SDPA reads one tile for every block
