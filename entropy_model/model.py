@@ -126,11 +126,7 @@ class EntropyModel(weights.Pretrained, nn.Module):
         b, t = ids.shape
         if validate:
             check_ids(ids)
-        impl = attn_impl or self.config.attn_impl
-        if impl == "auto":
-            impl = "flex" if ids.is_cuda else "sdpa"
-        if impl not in ("sdpa", "flex"):
-            raise ValueError(f"attn_impl must be 'sdpa', 'flex' or 'auto', got {impl!r}")
+        impl = self._attn_impl(ids.device, attn_impl)
         cfg = self.config
         pos = torch.arange(t, device=ids.device)  # absolute positions in the row, never reset
         rope = rope_angles(pos, cfg.head_dim, cfg.rope_theta)  # cos, sin: (T, hd/2)
@@ -141,13 +137,22 @@ class EntropyModel(weights.Pretrained, nn.Module):
             h = layer(h, rope, mask)
         return self.output(self.norm(h)).float()  # (B, T, V)
 
+    def _attn_impl(self, device: torch.device, attn_impl: Optional[str] = None) -> str:
+        """The attention path a forward on ``device`` takes: ``attn_impl`` or the config's, auto
+        resolved (flex on CUDA, sdpa elsewhere)."""
+        impl = attn_impl or self.config.attn_impl
+        if impl == "auto":
+            impl = "flex" if device.type == "cuda" else "sdpa"
+        if impl not in ("sdpa", "flex"):
+            raise ValueError(f"attn_impl must be 'sdpa', 'flex' or 'auto', got {impl!r}")
+        return impl
+
     def new_carry(self, device: torch.device) -> Optional[WindowCarry]:
         """A carry for streaming rows chunk by chunk (``forward(ids, carry=...)``), or None where
         this model streams by overlapping chunks instead: no window, the dense reference mask, or
         FlexAttention (the CUDA default, whose block mask is built for square self-attention)."""
         cfg = self.config
-        impl = cfg.attn_impl if cfg.attn_impl != "auto" else ("flex" if device.type == "cuda" else "sdpa")
-        if cfg.window is None or cfg.window < 2 or cfg.local_attention != "blocked" or impl != "sdpa":
+        if cfg.window is None or cfg.window < 2 or cfg.local_attention != "blocked" or self._attn_impl(device) != "sdpa":
             return None
         return WindowCarry(cfg.n_layers, cfg.window, cfg.head_dim, cfg.rope_theta)
 

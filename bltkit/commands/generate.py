@@ -38,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..inference.api import load
+    from ..inference.stepper import TUNED
 
     handle = load(args.model, device=args.device, dtype=args.dtype)
     kw = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               stop=args.stop, use_cache=not args.no_cache,
               speculative=False if args.speculative is None else args.speculative,
-              compile="max-autotune" if args.max_autotune else args.compile)
+              compile=TUNED if args.max_autotune else args.compile)
     if args.stream:
         if len(args.prompts) != 1 or args.json:
             raise ValueError("--stream takes exactly one prompt and no --json")

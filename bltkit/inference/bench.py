@@ -128,12 +128,9 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
     rec = dict(batch=batch, prompt_len=prompt_len, device=str(dev),
                dtype=str(next(handle.model.parameters()).dtype).replace("torch.", ""),
                patcher=handle.patcher.scheme if handle.patcher is not None else None, mode="cached")
-    makers = {
-        "eager": lambda p, n: handle._stepper(True, p, n),
-        "compiled": lambda p, n: handle._stepper(True, p, n, compile=path_compile("compiled", compile_backend)),
-        "tuned": lambda p, n: handle._stepper(True, p, n, compile=path_compile("tuned")),
-        "speculative": lambda p, n: handle._stepper(True, p, n, speculative=draft),
-    }
+    makers = {name: (lambda p, n, c=path_compile(name, compile_backend): handle._stepper(True, p, n, compile=c))
+              for name in PATHS if name != "speculative"}
+    makers["speculative"] = lambda p, n: handle._stepper(True, p, n, speculative=draft)
     if handle.external_patcher is None:  # speculative decoding needs a BLT with a patcher
         paths = [p for p in paths if p != "speculative"]
     with torch.no_grad():
