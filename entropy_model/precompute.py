@@ -116,7 +116,7 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
                shard_docs: int = 256, limit_bytes: Optional[int] = None, threshold: Optional[float] = None,
                max_new_shards: Optional[int] = None, device=None, batch_size: int = 16,
                log=print, documents: Optional[Callable[[], Iterable[tuple[str, bytes]]]] = None,
-               selection: Optional[dict] = None) -> dict:
+               selection: Optional[dict] = None, precision: str = "auto") -> dict:
     """Write (or resume) the entropy shards of ``data`` under ``out_dir``; returns the index.
 
     ``max_new_shards`` stops after that many newly computed shards (an interruption, for tests
@@ -129,22 +129,29 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
     (``bltkit compare``). ``data`` then names their sources (what training checks the shards
     cover), and ``selection`` (JSON data) records how they were chosen, a setting like the others:
     a rerun with another selection is refused.
+
+    ``precision`` (``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``fp32``; ``bf16``) is what the
+    entropy model runs in (``compute_entropies``); the index records the one it resolved to, and a
+    rerun in another is refused: a boundary within rounding of the threshold may flip between them.
     """
     from bltkit.data.sources import check_byte_limit
+    from bltkit.patching.entropies import PRECISIONS
     from bltkit.rundir import locked
 
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_byte_limit(limit_bytes)
     if not data:
         raise ValueError("no data sources given")
     with locked(out_dir):
         return _precompute(entropy_model_dir, data, Path(out_dir), shard_docs, limit_bytes, threshold,
-                           max_new_shards, device, batch_size, log, documents, selection)
+                           max_new_shards, device, batch_size, log, documents, selection, precision)
 
 
 def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, threshold, max_new_shards, device,
-                batch_size, log, documents=None, selection=None) -> dict:
+                batch_size, log, documents=None, selection=None, precision="auto") -> dict:
     from safetensors.torch import save_file
 
     from bltkit.patching.config import PatcherConfig, load_patcher_settings, resolve_patcher
@@ -153,6 +160,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     from bltkit.weights import CONFIG_FILE, WEIGHTS_FILE
 
     from bltkit.patching.entropies import compute_entropies
+    from bltkit.runtime import autocast_dtype
     from .model import EntropyModel
 
     if shard_docs < 1:
@@ -171,17 +179,23 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
 
     # Everything the shards and their statistics depend on: a rerun that differs in any of these
     # (another model, its config, threshold or scheme...) would mix two runs' numbers in one index.
+    # What the model computes in, resolved on its device (``auto`` is bf16 on CUDA): the same
+    # settings on another machine may mean another precision.
+    amp = autocast_dtype(precision, next(model.parameters()).device)
+    computed_in = "bf16" if amp == torch.bfloat16 else "fp32"
     settings = {"format": FORMAT_VERSION, "data": [str(d) for d in data], "shard_docs": shard_docs,
                 "limit_bytes": limit_bytes, "entropy_model": str(em.resolve()),
                 "weights": _fingerprint_file(em / WEIGHTS_FILE), "model_config": _fingerprint_file(em / CONFIG_FILE),
-                "patcher": stats_patcher}
+                "patcher": stats_patcher, "precision": computed_in}
     if documents is not None:  # (an index written without a selection has no such key)
         settings["selection"] = selection
     index_path = out / INDEX_FILE
     if index_path.is_file():
         index = json.loads(index_path.read_text(encoding="utf-8"))
         old = index.get("settings", {})
-        diff = sorted(k for k in settings if k != "entropy_model" and old.get(k) != settings[k])
+        # An index written before precisions were recorded has no "precision": it is not compared.
+        diff = sorted(k for k in settings if k != "entropy_model" and old.get(k) != settings[k]
+                      and not (k == "precision" and k not in old))
         if diff:
             raise ValueError(f"{out} holds entropies made with other settings ({', '.join(diff)}: "
                              f"{[old.get(k) for k in diff]} vs now {[settings[k] for k in diff]}); use a new --out")
@@ -220,7 +234,8 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
             try:
                 with safe_open(str(path), "pt") as f:
                     meta = f.metadata() or {}
-                    if meta.get("docs_fingerprint") == fp and meta.get("weights") == settings["weights"]:
+                    if (meta.get("docs_fingerprint") == fp and meta.get("weights") == settings["weights"]
+                            and meta.get("precision", computed_in) == computed_in):
                         raw = f.get_tensor("entropies").float()
                         offs = (torch.tensor([0] + [int(x.numel()) for x in ids]).cumsum(0)).tolist()
                         ents = [raw[offs[i]:offs[i + 1]] for i in range(len(ids))]
@@ -229,7 +244,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
                 adopted = False
         if not adopted:
             t0 = time.time()
-            ents = compute_entropies(model, ids, batch_size=batch_size)
+            ents = compute_entropies(model, ids, batch_size=batch_size, precision=computed_in)
             tensors = {
                 "bytes": torch.frombuffer(bytearray(b"".join(docs)), dtype=torch.uint8) if any(docs)
                 else torch.zeros(0, dtype=torch.uint8),
@@ -237,7 +252,8 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
                 "offsets": torch.tensor([0] + [len(d) for d in docs], dtype=torch.int64).cumsum(0),
             }
             tmp = path.with_name(path.name + ".tmp")
-            save_file(tensors, str(tmp), metadata={"docs_fingerprint": fp, "weights": settings["weights"]})
+            save_file(tensors, str(tmp), metadata={"docs_fingerprint": fp, "weights": settings["weights"],
+                                                   "precision": computed_in})
             os.replace(tmp, path)
             computed += 1
             ents = [e.to(torch.float16).float() for e in ents]  # stats on what training will read

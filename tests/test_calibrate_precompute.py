@@ -150,6 +150,43 @@ def test_precompute_of_given_documents_records_their_selection(em_dir, tmp_path)
                    selection={"limit_bytes": 80}, log=lambda *_: None)
 
 
+def test_precompute_records_its_precision_and_refuses_another(em_dir, tmp_path, capsys):
+    """``precision`` is what the entropy model computes in: bf16 entropies are the fp32 ones within
+    bf16 rounding, the index records the resolved precision (``auto`` is fp32 on a CPU), and a
+    rerun in another precision is refused, naming it; an index from before precisions were
+    recorded resumes. The command takes --device and --precision."""
+    docs = [("src", b"Document one, with a few words. " * 6), ("src", b"Document two is longer. " * 12),
+            ("src", b"three")]
+    quiet = dict(shard_docs=2, documents=lambda: iter(docs), log=lambda *_: None)
+    fp32 = precompute(em_dir, ["src"], tmp_path / "fp32", precision="auto", **quiet)
+    bf16 = precompute(em_dir, ["src"], tmp_path / "bf16", precision="bf16", **quiet)
+    assert fp32["settings"]["precision"] == "fp32" and bf16["settings"]["precision"] == "bf16"
+    gaps = [(a - b).abs().max().item() for (_, a), (_, b) in zip(EntropyShards(tmp_path / "fp32"), EntropyShards(tmp_path / "bf16"))]
+    assert len(gaps) == 3 and 0 < max(gaps) < 0.1  # bf16 really ran (not fp32 again), and is close
+    with pytest.raises(ValueError, match=r"other settings \(precision: \['bf16'\] vs now \['fp32'\]"):
+        precompute(em_dir, ["src"], tmp_path / "bf16", precision="fp32", **quiet)
+    index_path = tmp_path / "fp32" / "index.json"
+    old = json.loads(index_path.read_text())
+    del old["settings"]["precision"]  # written before precisions were recorded
+    old["shards"] = old["shards"][:1]  # and interrupted: the second shard's file is adopted
+    index_path.write_text(json.dumps(old))
+    again = precompute(em_dir, ["src"], tmp_path / "fp32", **quiet)
+    assert again["computed"] == 0 and again["finished"] and len(again["shards"]) == 2
+    with pytest.raises(ValueError, match="'fp16'"):
+        precompute(em_dir, ["src"], tmp_path / "fp16", precision="fp16", **quiet)
+    assert not (tmp_path / "fp16").exists()  # refused before anything was written
+    data = tmp_path / "docs"
+    data.mkdir()
+    (data / "d.txt").write_bytes(docs[0][1])
+    assert main(["precompute", "--entropy-model", str(em_dir), "--out", str(tmp_path / "cli"), "--device", "cpu",
+                 "--precision", "bf16", str(data)]) == 0
+    assert json.loads((tmp_path / "cli" / "index.json").read_text())["settings"]["precision"] == "bf16"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # argparse: an unknown precision is a usage error naming it
+        main(["precompute", "--entropy-model", str(em_dir), "--out", str(tmp_path / "x"), "--precision", "fp8", str(data)])
+    assert "fp8" in capsys.readouterr().err
+
+
 def test_patch_command_views(em_dir, capsys, tmp_path):
     assert main(["patch", "--scheme", "static", "--patch-size", "3", "--json", "abcdefgh"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -341,6 +341,21 @@ def test_entropy_variants_patch_from_one_precompute(tmp_path, monkeypatch):
     assert calls["precompute"] == 1 and again.precomputed_shards == 0
     assert (shards / "index.json").stat().st_mtime_ns == stamp  # reused as it was
 
+    # An unfinished set begun in another precision (say on a GPU: bf16) resumes in that precision
+    # instead of being refused for the one this device resolves (fp32 on a CPU).
+    index = json.loads((shards / "index.json").read_text())
+    assert index["settings"]["precision"] == "fp32"
+    index["settings"]["precision"], index["finished"] = "bf16", False
+    index["shards"] = index["shards"][:-1]
+    (shards / "index.json").write_text(json.dumps(index))
+    (shards / f"shard-{len(index['shards']):05d}.safetensors").unlink()  # the last shard is redone
+    seen = {}
+    monkeypatch.setattr(pre, "precompute", lambda *a, **kw: seen.update(kw) or real_precompute(*a, **kw))
+    resumed = EntropyPatching(config(True), tmp_path / "pre", "test", None)
+    resumed.resolve(PatcherConfig(scheme="entropy"))
+    assert seen["precision"] == "bf16" and resumed.precomputed_shards == 1
+    assert json.loads((shards / "index.json").read_text())["finished"]
+
     other = _tiny_entropy_model(tmp_path / "em2", 2)
     swapped = EntropyPatching(config(True, other), tmp_path / "pre", "test", None)
     swapped.resolve(PatcherConfig(scheme="entropy"))

@@ -136,6 +136,7 @@ class EntropyPatching:
         selection = json.loads(json.dumps(picked))  # as the index stores it (plain JSON)
         d = self.out / ENTROPY_DIR / ENTROPIES_SUBDIR
         index = d / INDEX_FILE
+        precision = "auto"
         if index.is_file():
             old = json.loads(index.read_text(encoding="utf-8"))
             st = old.get("settings", {})
@@ -145,6 +146,8 @@ class EntropyPatching:
                 return d
             if not same:  # another model or other data: this comparison's own cache, replaced
                 shutil.rmtree(d)
+            else:  # resumed in the precision it began in (a rerun on another device may resolve another)
+                precision = st.get("precision", "auto")
 
         def documents():
             for s in data.train:
@@ -156,7 +159,7 @@ class EntropyPatching:
         device = resolve_device(str(self.cfg.base.get("device", "auto")))
         t0 = time.perf_counter()
         res = precompute(self.model_dir, sources, d, device=device, documents=documents, selection=selection,
-                         log=lambda msg: None)
+                         log=lambda msg: None, precision=precision)
         self.precomputed_shards = int(res["computed"])
         self.precompute_s = time.perf_counter() - t0
         return d

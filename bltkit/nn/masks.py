@@ -60,9 +60,11 @@ def local_causal_mask(
 # ---- blocked: O(T x window) on every device, through plain SDPA ---------------------------------
 def default_block(window: int) -> int:
     """Queries a block. Smaller blocks waste fewer keys (a block reads ``block + window - 1`` keys
-    for about ``window`` visible ones) but copy each key into more blocks; 32..64 measured best
-    on a CPU for a window of 512 (docs/benchmarks.md)."""
-    return max(16, min(64, window // 8))
+    for about ``window`` visible ones) but make more, smaller tiles. For a window of 512 on a CPU,
+    32 measured best or within 8% of best in fp32 and bf16, head dims 16 and 64; 64 ran SDPA's
+    bf16 flash kernel at half its rate at head dim 64 (docs/benchmarks.md, "Entropy patching on
+    a CPU with bf16 matrix units")."""
+    return max(16, min(32, window // 16))
 
 
 @dataclass

@@ -113,6 +113,9 @@ def _pieces(length: int, chunk: Optional[int], context: int) -> list[tuple[int, 
 # time ran at 0.6x the rate of one chunk at a time (docs/benchmarks.md, "Entropy patching").
 CPU_BATCH_POSITIONS = 8192
 
+# What a scorer can run in: auto (bf16 autocast on CUDA, fp32 elsewhere: bltkit.runtime), fp32, bf16.
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 def _batches(jobs: list, batch_size: int, max_positions: Optional[int]) -> list[list]:
     """Consecutive groups of ``jobs`` (sorted by width), each of at most ``batch_size`` jobs and,
@@ -149,7 +152,7 @@ def compute_entropies(
     or overlapping by the scorer's ``receptive_field`` (module docstring); ``batch_size`` chunks
     go through the scorer at a time (on a CPU, at most ``CPU_BATCH_POSITIONS`` positions a batch).
     """
-    if precision not in ("auto", "fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
