@@ -120,6 +120,55 @@ def test_without_transformers_the_hf_figures_are_null(monkeypatch, capsys):
     assert rec["bltkit"]["bytes_per_s"] > 0
 
 
+def test_paths_of_a_figure_are_timed_in_turn(monkeypatch):
+    """``time_in_turn`` calls every step once a round, in order, after the warm-up rounds, and
+    reports each one's median call (a slow outlier round does not move it); a step that raises
+    is left out of later rounds and reported, the others still timed."""
+    from bltkit.bench import measure
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["t"])
+    calls = []
+
+    def step(name, seconds):
+        def run():
+            calls.append(name)
+            clock["t"] += seconds(calls.count(name))
+        return run
+
+    def broken():
+        calls.append("broken")
+        if calls.count("broken") == 2:
+            raise RuntimeError("peer failed")
+
+    steps = {"a": step("a", lambda k: 100.0 if k == 3 else 1.0), "b": step("b", lambda k: 3.0), "broken": broken}
+    timed, errors, kind = measure.time_in_turn(steps, rounds=4, warmup=1, device=torch.device("cpu"))
+    assert calls[:6] == ["a", "b", "broken"] * 2 and calls[6:] == ["a", "b"] * 3
+    assert {k: v[0] for k, v in timed.items()} == {"a": 1.0, "b": 3.0}
+    assert list(errors) == ["broken"] and "peer failed" in str(errors["broken"])
+    assert "RSS" in kind and all(v[1] > 0 for v in timed.values())
+
+
+def test_patch_figure_survives_a_failing_peer(monkeypatch, capsys):
+    """The patch figure's paths are timed in turn; HF failing mid-run becomes its ``error`` while
+    bltkit's figure and its dense baseline stand."""
+    from bltkit.bench import runner
+
+    def failing(*args, **kwargs):
+        def step():
+            raise RuntimeError("HF patcher exploded")
+        return step, lambda *a: {}
+
+    monkeypatch.setattr(runner, "hf_patch_step", failing)
+    args = ["bench", "--config", "tiny", "--bytes", "16", "--rows", "1", "--steps", "2", "--warmup", "0",
+            "--only", "patch", "--entropy-config", "tiny", "--json"]
+    assert cli.main(args) == 0
+    (rec,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert rec["timing"] == "in turn" and "HF patcher exploded" in rec["hf"]["error"]
+    assert rec["ratio_bltkit_over_hf"] is None
+    assert rec["bltkit"]["bytes_per_s"] > 0 and rec["bltkit"]["dense_mask"]["bytes_per_s"] > 0
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--only", "train,sing"], "sing"),
     (["--config", "no-such-size"], "no-such-size"),

@@ -6,11 +6,13 @@ docs/benchmarks.md). Device and precision come from ``bltkit.runtime``, as for t
 
 - ``inputs``     the anchor's random bytes and fixed patch lengths, in both conventions, and
                  patch-count buckets (a numerical no-op that keeps compiled shapes few);
-- ``measure``    synchronised timing, peak memory, the dense bf16 peak table (MFU), the timed
-                 optimiser step and timed generation, shared by both implementations;
-- ``workloads``  bltkit's train, patch and generate figures (``bltkit_*_figure``), per-block
-                 compile and the entropy model they patch with;
-- ``hf_peer``    Hugging Face's ``BltForCausalLM`` from the same config and its figures (``hf_*_figure``);
+- ``measure``    synchronised timing (paths of one figure in turn: ``time_in_turn``), peak memory,
+                 the dense bf16 peak table (MFU), the timed optimiser step and timed generation,
+                 shared by both implementations;
+- ``workloads``  bltkit's train and generate figures (``bltkit_*_figure``), its patch step
+                 (``bltkit_patch_step``), per-block compile and the entropy model they patch with;
+- ``hf_peer``    Hugging Face's ``BltForCausalLM`` from the same config, its figures
+                 (``hf_*_figure``) and its patch step (``hf_patch_step``);
 - ``runner``     the settings (``BenchSettings``), ``run_benchmarks`` and the report (JSON lines, table).
 """
 from .inputs import anchor_patch_rows, blt_patch_lengths, bucket_size, hf_patch_lengths, pad_patch_columns

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..model.config import BLTConfig
 from ..runtime import autocast
-from .measure import peak_memory, time_generation, time_steps, time_train_steps
+from .measure import time_generation, time_train_steps
 from .workloads import analytic_train_flops
 
 
@@ -83,9 +83,10 @@ def hf_train_figure(model: nn.Module, flops_cfg: BLTConfig, ids: torch.Tensor, h
                             steps, warmup, peak, "HF train")
 
 
-def hf_patch_figure(hf_model: Any, ids: torch.Tensor, threshold: float, *, device: torch.device,
-                    amp: Optional[torch.dtype], steps: int, warmup: int) -> dict:
-    """HF's ``model.model.patcher`` as the anchor calls it (``patch_size=4``, threshold in nats)."""
+def hf_patch_step(hf_model: Any, ids: torch.Tensor, threshold: float, *, device: torch.device,
+                  amp: Optional[torch.dtype]) -> tuple[Callable[[], Any], Callable[[float, float, str], dict]]:
+    """(step, record) of HF's ``model.model.patcher`` as the anchor calls it (``patch_size=4``,
+    threshold in nats), as ``workloads.bltkit_patch_step``."""
     x = ids.to(device)
     patcher = hf_model.model.patcher
     out: dict[str, Any] = {}
@@ -97,12 +98,13 @@ def hf_patch_figure(hf_model: Any, ids: torch.Tensor, threshold: float, *, devic
         out["pl"] = res[1]
         return res
 
-    dt = time_steps(step, steps, warmup, device, desc="HF patch")
-    mem, kind = peak_memory(device)
-    pl = out["pl"]
-    return dict(ms=dt * 1e3, bytes_per_s=x.numel() / dt, peak_mem_gib=mem, peak_mem_kind=kind,
-                mean_patch=x.shape[1] / float((pl > 0).sum(dim=1).double().mean()),
-                patcher_params_m=sum(p.numel() for p in patcher.parameters()) / 1e6)
+    def record(dt: float, mem: float, kind: str) -> dict:
+        pl = out["pl"]
+        return dict(ms=dt * 1e3, bytes_per_s=x.numel() / dt, peak_mem_gib=mem, peak_mem_kind=kind,
+                    mean_patch=x.shape[1] / float((pl > 0).sum(dim=1).double().mean()),
+                    patcher_params_m=sum(p.numel() for p in patcher.parameters()) / 1e6)
+
+    return step, record
 
 
 def hf_generate_figure(hf_model: Any, prompt: torch.Tensor, new_bytes: int, *, device: torch.device,

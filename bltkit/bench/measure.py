@@ -2,6 +2,8 @@
 warm-up, peak memory, model-FLOPs utilisation, a timed optimiser step and timed generation.
 
 - Timing: on CUDA a timed region starts and ends with a synchronise so queued kernels count.
+  Paths compared in one figure (the patch figure: bltkit, its dense-mask baseline, HF) are timed
+  in turn, one call of each a round, medians (``time_in_turn``).
 - Peak memory: ``max_memory_allocated`` since the last reset on CUDA; a CPU has no resettable
   allocator peak, so the process's maximum resident set size is reported and labelled so
   (``peak_mem_kind``).
@@ -14,6 +16,7 @@ warm-up, peak memory, model-FLOPs utilisation, a timed optimiser step and timed 
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 from typing import Callable, Optional
@@ -77,6 +80,42 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torc
         step()
     synchronize(device)
     return (time.perf_counter() - t0) / steps
+
+
+def time_in_turn(steps: dict[str, Callable[[], object]], rounds: int, warmup: int, device: torch.device,
+                 desc: str = "bench") -> tuple[dict[str, tuple[float, float]], dict[str, Exception], str]:
+    """(timings, errors, memory kind): for each named step (median seconds a call, peak memory GiB
+    of its timed calls). Each round calls every step once, one after another, after ``warmup``
+    untimed rounds: a change in the machine's speed (a shared VM) then falls on all of them alike,
+    so their ratios hold where blocks timed one after another drift apart. On CUDA a call's peak
+    is what it allocated beyond what was already allocated (the other steps' models stay resident);
+    on a CPU it is the process's maximum RSS (``peak_memory``). A step that raises is dropped from
+    later rounds, its exception in ``errors``."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: dict[str, float] = {name: 0.0 for name in steps}
+    failed: dict[str, Exception] = {}
+    cuda = device.type == "cuda"
+    for r in tqdm(range(warmup + rounds), desc=f"{desc} (in turn)", leave=False, disable=None):
+        for name, step in steps.items():
+            if name in failed:
+                continue
+            synchronize(device)
+            reset_peak_memory(device)
+            base = torch.cuda.memory_allocated(device) if cuda else 0
+            t0 = time.perf_counter()
+            try:
+                step()
+                synchronize(device)
+            except Exception as e:  # noqa: BLE001 - one peer's failure must not sink the others
+                failed[name] = e
+                continue
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if cuda else peak_memory(device)[0]
+                peaks[name] = max(peaks[name], peak)
+    kind = "cuda max_memory_allocated beyond what was allocated before the call" if cuda else peak_memory(device)[1]
+    timings = {name: (statistics.median(times[name]), peaks[name]) for name in steps if name not in failed}
+    return timings, failed, kind
 
 
 def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.AdamW:

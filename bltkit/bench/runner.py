@@ -24,11 +24,11 @@ import torch
 from ..model import ByteLatentTransformer, load_blt_config
 from ..nn.attention import flex_compiles
 from ..runtime import autocast_dtype, device_name, resolve_device
-from .hf_peer import build_hf_blt, hf_available, hf_generate_figure, hf_patch_figure, hf_semantics, hf_train_figure, \
+from .hf_peer import build_hf_blt, hf_available, hf_generate_figure, hf_patch_step, hf_semantics, hf_train_figure, \
     patcher_config
 from .inputs import anchor_patch_rows, blt_patch_lengths, hf_patch_lengths, mean_patch_length, random_bytes
-from .measure import peak_bf16_flops
-from .workloads import (bltkit_generate_figure, bltkit_patch_figure, bltkit_train_figure, cached_generation_figure,
+from .measure import peak_bf16_flops, time_in_turn
+from .workloads import (bltkit_generate_figure, bltkit_patch_step, bltkit_train_figure, cached_generation_figure,
                         compile_blocks, load_bench_entropy_model)
 
 FIGURES = ("train", "patch", "generate")
@@ -183,23 +183,8 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
             return hf_state["model"]
 
         if "patch" in s.only:
-            ids = random_bytes(s.rows, s.n_bytes, s.seed)
-            mine = bltkit_patch_figure(entropy_model, ids, s.threshold, device=device, amp=amp, steps=s.steps,
-                                       warmup=s.warmup)
-            mine["entropy_model_source"] = em_source
-            if s.patch_dense:  # the dense-mask path, same weights and bytes: what the window saves
-                dense_model, _ = load_bench_entropy_model(s.entropy_config, device, local_attention="dense")
-                dense_model.load_state_dict(entropy_model.state_dict())
-                dense = bltkit_patch_figure(dense_model, ids, s.threshold, device=device, amp=amp, steps=s.steps,
-                                            warmup=s.warmup)
-                mine["dense_mask"] = {k: dense[k] for k in ("ms", "bytes_per_s", "peak_mem_gib", "mean_patch")}
-                mine["blocked_over_dense"] = _ratio(mine, dense)
-                del dense_model
-                _free(device)
-            hf = _guard(lambda: hf_patch_figure(hf_with_patcher(), ids, s.threshold, device=device, amp=amp,
-                                                steps=s.steps, warmup=s.warmup)) if use_hf else None
-            done(dict(figure="patch", **base, rows=s.rows, bytes=s.n_bytes, threshold=s.threshold, bltkit=mine,
-                      hf=hf, ratio_bltkit_over_hf=_ratio(mine, hf)))
+            done(_patch_record(s, base, entropy_model, em_source, device, amp,
+                               hf_with_patcher if use_hf else None))
 
         if "generate" in s.only:
             done(_generate_record(s, base, new_model().eval(), entropy_model, em_source, device, amp,
@@ -208,6 +193,44 @@ def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: No
         del entropy_model
         _free(device)
     return records
+
+
+def _patch_record(s: BenchSettings, base: dict, entropy_model: torch.nn.Module, em_source: str,
+                  device: torch.device, amp: Optional[torch.dtype], hf_model: Optional[Callable[[], Any]]) -> dict:
+    """The patch figure: bltkit's patcher, its dense-mask baseline (``patch_dense``: the entropy
+    model's T x T reference mask on the same weights and bytes, so the same patches) and HF's
+    patcher, timed in turn (``measure.time_in_turn``: one call of each a round, medians)."""
+    ids = random_bytes(s.rows, s.n_bytes, s.seed)
+    steps, records = {}, {}
+    steps["bltkit"], records["bltkit"] = bltkit_patch_step(entropy_model, ids, s.threshold, device=device, amp=amp)
+    if s.patch_dense:
+        dense_model, _ = load_bench_entropy_model(s.entropy_config, device, local_attention="dense")
+        dense_model.load_state_dict(entropy_model.state_dict())
+        steps["dense"], records["dense"] = bltkit_patch_step(dense_model, ids, s.threshold, device=device, amp=amp)
+    hf: Optional[dict] = None
+    if hf_model is not None:
+        made = _guard(lambda: dict(zip(("step", "record"), hf_patch_step(hf_model(), ids, s.threshold,
+                                                                           device=device, amp=amp))))
+        if "error" in made:
+            hf = made
+        else:
+            steps["hf"], records["hf"] = made["step"], made["record"]
+    timed, errors, kind = time_in_turn(steps, s.steps, s.warmup, device, desc="patch")
+    for name, e in errors.items():
+        if name != "hf":
+            raise e  # bltkit's own paths: a failure is a bug, not a peer's
+        traceback.print_exception(e)
+        hf = {"error": f"{type(e).__name__}: {e}"[:400]}
+    mine = records["bltkit"](*timed["bltkit"], kind)
+    mine["entropy_model_source"] = em_source
+    if "dense" in timed:
+        dense = records["dense"](*timed["dense"], kind)
+        mine["dense_mask"] = {k: dense[k] for k in ("ms", "bytes_per_s", "peak_mem_gib", "mean_patch")}
+        mine["blocked_over_dense"] = _ratio(mine, dense)
+    if "hf" in timed:
+        hf = records["hf"](*timed["hf"], kind)
+    return dict(figure="patch", **base, rows=s.rows, bytes=s.n_bytes, threshold=s.threshold, timing="in turn",
+                bltkit=mine, hf=hf, ratio_bltkit_over_hf=_ratio(mine, hf))
 
 
 def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer, entropy_model: torch.nn.Module,

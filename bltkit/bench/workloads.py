@@ -32,7 +32,7 @@ from ..nn.attention import CrossAttention
 from ..nn.block import TransformerBlock
 from ..runtime import autocast
 from .inputs import pad_patch_columns
-from .measure import profile_calls, peak_memory, time_generation, time_steps, time_train_steps
+from .measure import profile_calls, time_generation, time_train_steps
 
 
 # ---- the fast path's opt-ins ---------------------------------------------------------------------
@@ -114,9 +114,11 @@ def bltkit_train_figure(model: nn.Module, cfg: BLTConfig, ids: torch.Tensor, pat
 
 
 # ---- patch ---------------------------------------------------------------------------------------
-def bltkit_patch_figure(entropy_model: nn.Module, ids: torch.Tensor, threshold: float, *, device: torch.device,
-                        amp: Optional[torch.dtype], steps: int, warmup: int) -> dict:
-    """Entropies + boundaries for ``ids`` (B, N) through bltkit's ``Patcher``, timed."""
+def bltkit_patch_step(entropy_model: nn.Module, ids: torch.Tensor, threshold: float, *, device: torch.device,
+                      amp: Optional[torch.dtype]) -> tuple[Callable[[], object], Callable[[float, float, str], dict]]:
+    """(step, record): ``step`` computes the entropies and boundaries of ``ids`` (B, N) through
+    bltkit's ``Patcher``; ``record(seconds a step, peak GiB, what the peak measures)`` is the
+    figure's record, from the last step's patches (the runner times the steps, ``time_in_turn``)."""
     x = ids.to(device)  # (B, N)
     patcher = entropy_patcher(entropy_model, threshold, _precision(amp))
     out: dict[str, torch.Tensor] = {}
@@ -126,12 +128,13 @@ def bltkit_patch_figure(entropy_model: nn.Module, ids: torch.Tensor, threshold: 
         out["pl"] = pl
         return pl
 
-    dt = time_steps(step, steps, warmup, device, desc="bltkit patch")
-    mem, kind = peak_memory(device)
-    pl = out["pl"]
-    return dict(ms=dt * 1e3, bytes_per_s=x.numel() / dt, peak_mem_gib=mem, peak_mem_kind=kind,
-                mean_patch=x.shape[1] / float(((pl > 0).sum(dim=1) - 1).clamp(min=1).double().mean()),
-                precision=_precision(amp), patcher_params_m=sum(p.numel() for p in entropy_model.parameters()) / 1e6)
+    def record(dt: float, mem: float, kind: str) -> dict:
+        pl = out["pl"]
+        return dict(ms=dt * 1e3, bytes_per_s=x.numel() / dt, peak_mem_gib=mem, peak_mem_kind=kind,
+                    mean_patch=x.shape[1] / float(((pl > 0).sum(dim=1) - 1).clamp(min=1).double().mean()),
+                    precision=_precision(amp), patcher_params_m=sum(p.numel() for p in entropy_model.parameters()) / 1e6)
+
+    return step, record
 
 
 # ---- generate ------------------------------------------------------------------------------------
