@@ -61,9 +61,9 @@ def local_causal_mask(
 def default_block(window: int) -> int:
     """Queries a block. Smaller blocks waste fewer keys (a block reads ``block + window - 1`` keys
     for about ``window`` visible ones) but make more, smaller tiles. For a window of 512 on a CPU,
-    32 measured best or within 8% of best in fp32 and bf16, head dims 16 and 64; 64 ran SDPA's
-    bf16 flash kernel at half its rate at head dim 64 (docs/benchmarks.md, "Entropy patching on
-    a CPU with bf16 matrix units")."""
+    32 measured best in fp32 (head dims 16 and 64) and within about 10% of the best block in bf16
+    through the whole entropy model; 64 ran SDPA's bf16 flash kernel at half its rate at head
+    dim 64 (docs/benchmarks.md, "Entropy patching on a CPU with bf16 matrix units")."""
     return max(16, min(32, window // 16))
 
 
