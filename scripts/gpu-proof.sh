@@ -56,7 +56,7 @@ else
   stage gpu-tests 150 gpu-tests.txt "$PY" -m pytest -q -p no:cacheprovider -m gpu tests --junitxml="$OUT/gpu-tests.xml"
   # HF's generate is uncached (a full forward a byte): time-box it to 64 new bytes a row.
   stage bench 200 bench.jsonl "$PY" -m bltkit.cli bench --json --hf-generate-bytes 64 --profile "$OUT/profiles"
-  stage bench-compiled 120 bench-compiled.jsonl "$PY" -m bltkit.cli bench --only generate --compile --no-hf --json
+  stage bench-compiled 180 bench-compiled.jsonl "$PY" -m bltkit.cli bench --only generate --compile --no-hf --json
   stage train-400m 100 train-400m.jsonl "$PY" -m bltkit.cli bench --config 400m --only train --rows 4 --json \
       --profile "$OUT/profiles-400m"
 fi

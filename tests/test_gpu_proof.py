@@ -34,7 +34,7 @@ def test_smoke_mode_runs_every_stage_and_writes_every_file(tmp_path):
     assert bench[2]["bltkit"]["batch1"]["bytes_per_s"] > 0
     compiled = [json.loads(line) for line in (out / "bench-compiled.jsonl").read_text().splitlines()
                 if line.startswith("{")]
-    assert set(compiled[0]["bltkit"]["batch1"]["paths"]) == {"eager", "compiled", "speculative"}
+    assert set(compiled[0]["bltkit"]["batch1"]["paths"]) == {"eager", "compiled", "speculative", "compiled_speculative"}
 
     for name in ("profiles/profile-train-step", "profiles/profile-decode-step-b1", "profiles-400m/profile-train-step"):
         rec = json.loads((out / f"{name}.json").read_text())

@@ -294,15 +294,19 @@ def test_generation_benchmark(lm):
     from bltkit.inference.bench import generation_benchmark
 
     rec = generation_benchmark(lm, batch=2, prompt_len=16, new_bytes=6, uncached_new_bytes=3,
-                               paths=("eager", "compiled", "speculative"), draft=3, compile_backend="eager")
+                               paths=("eager", "compiled", "speculative", "compiled_speculative"), draft=3,
+                               compile_backend="eager")
     # EOS ends no row in a benchmark: 2 rows x 6 bytes, on every path.
     assert rec["new_bytes"] == 12 and rec["bytes_per_s"] > 0 and rec["ttfb_s"] <= rec["seconds"]
     assert rec["decode_bytes_per_s"] == pytest.approx((12 - 2) / (rec["seconds"] - rec["ttfb_s"]))
     assert rec["uncached_bytes_per_s"] > 0 and rec["speedup"] == pytest.approx(rec["bytes_per_s"] / rec["uncached_bytes_per_s"])
     paths = rec["paths"]
     assert paths["eager"]["dispatches_per_byte"] > 100  # a real profile: hundreds of ATen calls a byte
-    for name in ("compiled", "speculative"):
+    for name in ("compiled", "speculative", "compiled_speculative"):
         assert paths[name]["new_bytes"] == rec["new_bytes"]
         assert paths[name]["over_eager"] == pytest.approx(paths[name]["bytes_per_s"] / rec["bytes_per_s"])
-    spec = paths["speculative"]
-    assert spec["bytes_per_global_call"] >= 1 and (spec["acceptance_rate"] is None or 0 <= spec["acceptance_rate"] <= 1)
+    for name in ("speculative", "compiled_speculative"):  # the same drafts, compiled or not
+        spec = paths[name]
+        assert spec["draft"] == 3 and spec["bytes_per_global_call"] >= 1
+        assert spec["acceptance_rate"] is None or 0 <= spec["acceptance_rate"] <= 1
+    assert paths["compiled_speculative"]["acceptance_rate"] == paths["speculative"]["acceptance_rate"]

@@ -63,6 +63,37 @@ def test_speculative_greedy_equals_greedy_512_bytes(models, cfg, draft):
         assert st["global_calls"] < patches
 
 
+@pytest.mark.parametrize("cfg,draft", [SCHEMES[0], SCHEMES[2]], ids=["entropy", "static"])
+def test_compiled_speculative_greedy_equals_greedy(models, cfg, draft):
+    """With ``compile``, every byte fed goes through the compiled split step's two graphs
+    (``fullgraph=True``: a graph break fails), the global model only in the eager verification,
+    and the output is still plain greedy's, for a ragged batch and for one row."""
+    blt, em = models
+    prompts = [encode("The cat sat", eos=False), encode("", eos=False), encode("a ragged batch row", eos=False)]
+    greedy = SamplingParams()
+    plain = collect(CachedStepper(blt, cfg, em, 560, CPU), prompts, 512, greedy, [0] * 3)
+    for rows in (prompts, prompts[:1]):
+        spec = SpeculativeStepper(blt, cfg, em, 560, CPU, draft=draft, compile="eager")
+        assert spec.split
+        calls = {"encode": 0, "decode": 0}
+        front, back = spec._front_fn, spec._back_fns[0]
+
+        def counted(name, fn):
+            def run(*args):
+                calls[name] += 1
+                return fn(*args)
+            return run
+
+        spec._front_fn, spec._back_fns = counted("encode", front), (counted("decode", back), None)
+        fast = collect(spec, rows, 512, greedy, [0] * len(rows))
+        assert [f.bytes for f in fast] == [p.bytes for p in plain[:len(rows)]]
+        assert calls["encode"] == calls["decode"] > 0  # every byte fed went through both graphs
+        assert spec.stats["accepted"] > 0
+        if len(rows) == 1:  # one row: each drafted byte is one call of each; fewer global calls than patches
+            assert calls["encode"] >= spec.stats["drafted"]
+            assert spec.stats["global_calls"] < int(spec.cache.n_closed[0])
+
+
 def test_speculative_bad_input_is_named(models, tmp_path, capsys):
     blt, em = models
     h = Handle(blt, PatcherConfig(scheme="space"), em, device=CPU)
@@ -73,9 +104,11 @@ def test_speculative_bad_input_is_named(models, tmp_path, capsys):
         h.generate("x", max_new_bytes=4, speculative=3, temperature=0.7)
     with pytest.raises(ValueError, match="speculative=True does not combine with use_cache=False"):
         h.generate("x", max_new_bytes=4, speculative=True, use_cache=False)
-    with pytest.raises(ValueError, match="compile=True"):
-        h.stream("x", max_new_bytes=4, speculative=2, compile=True)
+    with pytest.raises(ValueError, match="compile must be"):
+        h.stream("x", max_new_bytes=4, speculative=2, compile=1.5)
     assert h.generate("ab", max_new_bytes=20, speculative=True) == h.generate("ab", max_new_bytes=20)
+    compiled = h._stepper(True, [encode("ab", eos=False)], 20, None, speculative=2, compile=True)
+    assert isinstance(compiled, SpeculativeStepper) and compiled.split  # combines (compiled lazily, not here)
     h.save(tmp_path / "b")
     assert cli(["generate", "--model", str(tmp_path / "b"), "--speculative", "0", "hi"]) == 2
     assert f"draft length must be a whole number from 1 to {RING_MARGIN} (or True), got 0" in capsys.readouterr().err

@@ -247,7 +247,10 @@ def _generate_record(s: BenchSettings, base: dict, model: ByteLatentTransformer,
         prompt = random_bytes(batch, s.gen_prompt_bytes, s.seed + batch)
         uncached = bltkit_generate_figure(model, gen_entropy, prompt, s.gen_new_bytes, s.threshold,
                                           device=device, amp=amp)
-        paths = ("eager",) + (("compiled",) if s.compile else ()) + (("tuned",) if s.tuned else ()) + ("speculative",)
+        # Speculation through the compiled step at batch 1 only: a latency path, and its graphs
+        # compile again for every batch shape.
+        paths = (("eager",) + (("compiled",) if s.compile else ()) + (("tuned",) if s.tuned else ()) + ("speculative",)
+                 + (("compiled_speculative",) if s.compile and batch == 1 else ()))
         cached = _guard(lambda: cached_generation_figure(model, entropy_model, s.threshold, batch,
                                                          s.gen_prompt_bytes, s.gen_new_bytes, device, paths,
                                                          compile_backend=s.compile_backend,

@@ -151,7 +151,7 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
 
     from ..bundle import save_bundle
     from ..inference.api import load
-    from ..inference.bench import generation_benchmark, path_compile
+    from ..inference.bench import SPECULATIVE_PATHS, generation_benchmark, path_compile
 
     with tempfile.TemporaryDirectory() as d:
         save_bundle(d, model, kind="blt", patcher={"scheme": "entropy", "threshold": threshold},
@@ -166,7 +166,7 @@ def cached_generation_figure(model: nn.Module, entropy_model: nn.Module, thresho
     rec["new_bytes"] = rec["new_bytes"] // batch
     rec.setdefault("mode", "cached (bltkit.inference)")
     if profile_dir:
-        for path in (p for p in paths if p != "speculative"):
+        for path in (p for p in paths if p not in SPECULATIVE_PATHS):
             profile_decode_step(handle, batch, prompt_len, device, profile_dir,
                                 compiled=path_compile(path, compile_backend))
     return rec

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto: cuda when available)")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     a("--attn-impl", default="auto", choices=["auto", "sdpa", "flex"], help="auto: flex on CUDA, sdpa elsewhere")
-    a("--compile", action="store_true", help="torch.compile each block of the train step, and time the compiled generation step too (opt-in)")
+    a("--compile", action="store_true", help="torch.compile each block of the train step, and time the compiled generation step (and, at batch "
+      "1, speculative decoding through it) too (opt-in)")
     a("--compile-backend", default="inductor",
       help="torch.compile backend of the compiled decode step (default inductor; 'eager' checks graph capture quickly)")
     a("--tuned", action="store_true",

@@ -122,7 +122,8 @@ class Handle:
         result does not depend on the batch it is in.
 
         ``speculative`` (True, or a draft length in bytes): self-speculative decoding (BLT-S,
-        ``speculative.py``), greedy BLT only, the same bytes as without it. ``compile``: the
+        ``speculative.py``), greedy BLT only, the same bytes as without it; with ``compile`` the
+        drafted bytes go through the compiled step's graphs. ``compile``: the
         one-byte step compiled whole with ``torch.compile`` (the first call pays the compilation);
         ``"max-autotune"``: its matrix products autotuned against the weights frozen into the
         graph (minutes to tune; about 2x a bench-S byte on a CPU, docs/benchmarks.md), for a model
@@ -160,13 +161,14 @@ class Handle:
             draft = check_draft_length(speculative)
             what = "a BLT with learned boundaries" if self.learns_boundaries and self.kind == "blt" \
                 else f"a {self.kind!r} model"
-            unsupported = [name for name, on in (("use_cache=False", not use_cache), (f"compile={compile!r}", compile),
+            unsupported = [name for name, on in (("use_cache=False", not use_cache),
                                                  (f"{what} (BLTs with a patcher only)", patcher is None)) if on]
             if params is not None and not params.greedy:
                 unsupported.append(f"temperature={params.temperature} (speculative decoding is greedy only)")
             if unsupported:
                 raise ValueError(f"speculative={speculative!r} does not combine with {', '.join(unsupported)}")
-            return SpeculativeStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, draft)
+            return SpeculativeStepper(self.model, patcher, self.entropy_model, max_bytes, self.device, draft,
+                                      compile=compile)
         if not use_cache:
             if compile:
                 raise ValueError("compile=True needs the cache (use_cache=True): the uncached loop changes shape every byte")

@@ -91,12 +91,14 @@ def dispatches_per_byte(make, prompts, new_bytes: int = 16) -> float:
     return sum(1 for e in prof.events() if e.name.startswith("aten::")) / max(n, 1)
 
 
-PATHS = ("eager", "compiled", "tuned", "speculative")
+PATHS = ("eager", "compiled", "tuned", "speculative", "compiled_speculative")
+SPECULATIVE_PATHS = ("speculative", "compiled_speculative")
 
 
 def path_compile(path: str, compile_backend: str = "inductor") -> bool | str:
     """The ``compile`` argument of a path's stepper (False for eager and speculative)."""
-    return {"compiled": True if compile_backend == "inductor" else compile_backend, "tuned": TUNED}.get(path, False)
+    compiled = True if compile_backend == "inductor" else compile_backend
+    return {"compiled": compiled, "compiled_speculative": compiled, "tuned": TUNED}.get(path, False)
 
 
 def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
@@ -105,7 +107,8 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
     """Cached generation speed on each of ``paths`` (``eager``: the default step; ``compiled``:
     the one-byte step under ``torch.compile(fullgraph=True)``; ``tuned``: compiled with
     ``compile="max-autotune"``, GEMMs autotuned on frozen weights; ``speculative``: BLT-S with
-    ``draft``), with ATen dispatches a byte for eager and compiled (the tuned step is the compiled
+    ``draft``; ``compiled_speculative``: BLT-S drafting through the compiled step), with ATen
+    dispatches a byte for eager and compiled (the tuned step is the compiled
     one's graph with other GEMM kernels, and counting would tune it again), and each path's speed over
     the eager one (``compiled`` is opt-in: inductor takes minutes to compile the step on a CPU;
     ``compile_backend`` names another backend). With ``uncached_new_bytes`` (> 0) also the uncached reference loop over that
@@ -128,11 +131,10 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
     rec = dict(batch=batch, prompt_len=prompt_len, device=str(dev),
                dtype=str(next(handle.model.parameters()).dtype).replace("torch.", ""),
                patcher=handle.patcher.scheme if handle.patcher is not None else None, mode="cached")
-    makers = {name: (lambda p, n, c=path_compile(name, compile_backend): handle._stepper(True, p, n, compile=c))
-              for name in PATHS if name != "speculative"}
-    makers["speculative"] = lambda p, n: handle._stepper(True, p, n, speculative=draft)
+    makers = {name: (lambda p, n, c=path_compile(name, compile_backend), d=name in SPECULATIVE_PATHS and draft:
+                     handle._stepper(True, p, n, speculative=d, compile=c)) for name in PATHS}
     if handle.external_patcher is None:  # speculative decoding needs a BLT with a patcher
-        paths = [p for p in paths if p != "speculative"]
+        paths = [p for p in paths if p not in SPECULATIVE_PATHS]
     with torch.no_grad():
         figures = {}
         for name in paths:
@@ -140,8 +142,9 @@ def generation_benchmark(handle, batch: int, prompt_len: int, new_bytes: int,
             if name in ("eager", "compiled"):
                 figures[name]["dispatches_per_byte"] = dispatches_per_byte(makers[name], prompts)
             figures[name]["over_eager"] = figures[name]["bytes_per_s"] / figures["eager"]["bytes_per_s"]
-        if "speculative" in figures:
-            figures["speculative"]["draft"] = draft
+        for name in SPECULATIVE_PATHS:
+            if name in figures:
+                figures[name]["draft"] = draft
         rec.update({k: v for k, v in figures["eager"].items() if k != "over_eager"})
         rec["paths"] = figures
         if uncached_new_bytes:

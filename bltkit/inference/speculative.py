@@ -23,6 +23,11 @@ are the plain one, and the output is the plain greedy output, byte for byte.
 
 ``stats`` counts drafted and accepted bytes and global-model calls (acceptance rate and bytes per
 global call in ``bltkit bench``).
+
+With ``compile``, every byte fed (drafted or not) goes through the compiled split step's two
+graphs (``CachedStepper``, ``split_global``): the encoder half, then the half without the global
+model, which a drafted byte needs anyway (the global model waits for verification). The
+verification (a variable number of patches, D positions) stays eager, once a draft.
 """
 from __future__ import annotations
 
@@ -63,12 +68,13 @@ def _pick(snaps: list, idx: torch.Tensor):
 
 class SpeculativeStepper(CachedStepper):
     def __init__(self, model: nn.Module, patcher: PatcherConfig, entropy_model: Optional[nn.Module],
-                 max_bytes: int, device: torch.device, draft: int | bool = True):
+                 max_bytes: int, device: torch.device, draft: int | bool = True, compile: bool | str = False):
         if patcher is None:
             raise ValueError("speculative decoding drafts past patch boundaries: it needs a BLT (with a patcher)")
         self.draft = check_draft_length(draft)
         # Room for a draft that runs past the last requested byte before it is rejected.
-        super().__init__(model, patcher, entropy_model, max_bytes + self.draft, device)
+        super().__init__(model, patcher, entropy_model, max_bytes + self.draft, device, compile=compile,
+                         split_global=True if compile else None)
         self.stats = {"drafted": 0, "accepted": 0, "global_calls": 0}
 
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -102,6 +108,9 @@ class SpeculativeStepper(CachedStepper):
 
     def _feed_one(self, ids: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
         self._check_room(int(self.cache.length.max()) + 1)
+        if self.split:  # compiled: the encoder graph, then the graph with no global model
+            state = self._call("encode", self._front_fn, ids, need)
+            return self._call(0, self._back_fns[0], *state)  # (B, V)
         return self.feed(ids[:, None], need[:, None], global_width=0)[:, 0]  # (B, V)
 
     def _advance(self, ids: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
