@@ -135,13 +135,12 @@ def precompute(entropy_model_dir: str | os.PathLike, data: Sequence[str], out_di
     rerun in another is refused: a boundary within rounding of the threshold may flip between them.
     """
     from bltkit.data.sources import check_byte_limit
-    from bltkit.patching.entropies import PRECISIONS
+    from bltkit.patching.entropies import check_precision
     from bltkit.rundir import locked
 
     if shard_docs < 1:
         raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)  # before the lock: nothing is written for a bad one
     check_byte_limit(limit_bytes)
     if not data:
         raise ValueError("no data sources given")

@@ -111,8 +111,13 @@ def _guard(fn: Callable[[], dict]) -> dict:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - any peer failure is reported, never fatal
-        traceback.print_exc()
-        return {"error": f"{type(e).__name__}: {e}"[:400]}
+        return _peer_error(e)
+
+
+def _peer_error(e: Exception) -> dict:
+    """A peer's failure as its record, ``{"error": ...}``, its traceback on stderr."""
+    traceback.print_exception(e)
+    return {"error": f"{type(e).__name__}: {e}"[:400]}
 
 
 def run_benchmarks(s: BenchSettings, emit: Callable[[dict], None] = lambda r: None) -> list[dict]:
@@ -209,18 +214,15 @@ def _patch_record(s: BenchSettings, base: dict, entropy_model: torch.nn.Module, 
         steps["dense"], records["dense"] = bltkit_patch_step(dense_model, ids, s.threshold, device=device, amp=amp)
     hf: Optional[dict] = None
     if hf_model is not None:
-        made = _guard(lambda: dict(zip(("step", "record"), hf_patch_step(hf_model(), ids, s.threshold,
-                                                                           device=device, amp=amp))))
-        if "error" in made:
-            hf = made
-        else:
-            steps["hf"], records["hf"] = made["step"], made["record"]
+        try:
+            steps["hf"], records["hf"] = hf_patch_step(hf_model(), ids, s.threshold, device=device, amp=amp)
+        except Exception as e:  # noqa: BLE001 - building the peer failed: its record says so
+            hf = _peer_error(e)
     timed, errors, kind = time_in_turn(steps, s.steps, s.warmup, device, desc="patch")
     for name, e in errors.items():
         if name != "hf":
             raise e  # bltkit's own paths: a failure is a bug, not a peer's
-        traceback.print_exception(e)
-        hf = {"error": f"{type(e).__name__}: {e}"[:400]}
+        hf = _peer_error(e)
     mine = records["bltkit"](*timed["bltkit"], kind)
     mine["entropy_model_source"] = em_source
     if "dense" in timed:

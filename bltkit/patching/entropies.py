@@ -117,6 +117,11 @@ CPU_BATCH_POSITIONS = 8192
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+
+
 def _batches(jobs: list, batch_size: int, max_positions: Optional[int]) -> list[list]:
     """Consecutive groups of ``jobs`` (sorted by width), each of at most ``batch_size`` jobs and,
     when ``max_positions`` is set, at most that many padded positions (a lone wider job alone)."""
@@ -152,8 +157,7 @@ def compute_entropies(
     or overlapping by the scorer's ``receptive_field`` (module docstring); ``batch_size`` chunks
     go through the scorer at a time (on a CPU, at most ``CPU_BATCH_POSITIONS`` positions a batch).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     as_tensor = isinstance(rows, torch.Tensor)
