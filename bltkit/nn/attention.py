@@ -92,8 +92,9 @@ def _windowed(q, k, v, m: LocalWindowMask, scale: float) -> torch.Tensor:
     if pad:
         q = F.pad(q, (0, 0, 0, pad))  # (B, H, n*c, hd)
     # (B, H, window-1 + n*c, hd): the carried keys or padding before position 0, padding past T
-    k = F.pad(k, (0, 0, m.window - 1 - carried, pad))
-    v = F.pad(v, (0, 0, m.window - 1 - carried, pad))
+    if m.window - 1 - carried or pad:  # (a carried chunk of whole blocks needs no copy)
+        k = F.pad(k, (0, 0, m.window - 1 - carried, pad))
+        v = F.pad(v, (0, 0, m.window - 1 - carried, pad))
     bias = m.bias(q.dtype)  # (B, n, c, L), or (1, 1, c, L) for one document
     out = q.new_empty(b, h, n * c, d)
     for r in range(b):
