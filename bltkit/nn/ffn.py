@@ -34,7 +34,7 @@ class SwiGLU(nn.Module):
             return self.w2(F.silu(gate) * up)
         # No graph to keep: the products overwrite w1's output instead of allocating two more
         # hidden-wide tensors, the same values (1.07x the small entropy model on 16 KB rows,
-        # docs/benchmarks.md, "RoPE as one complex product").
+        # docs/benchmarks.md, "RoPE as one complex product, SwiGLU in place").
         return self.w2(F.silu(gate, inplace=True).mul_(up))
 
     def reset_parameters(self) -> None:
