@@ -1,5 +1,6 @@
 """The building blocks' fast forms against their plain arithmetic: RoPE's complex product against
-the real rotation (eager, compiled, backward), RMSNorm's one-call form against its formula."""
+the real rotation (eager, compiled, backward), RMSNorm's one-call form against its formula,
+SwiGLU's in-place inference path against its training path."""
 import warnings
 
 import pytest
