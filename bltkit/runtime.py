@@ -86,6 +86,12 @@ def autocast_dtype(precision: Union[str, torch.dtype, None], device: torch.devic
     return None if dt == torch.float32 else dt
 
 
+def scorer_precision(amp: Optional[torch.dtype]) -> str:
+    """The ``precision`` name (``compute_entropies``, ``Patcher``) of an ``autocast_dtype`` result:
+    "bf16" for bf16 autocast, "fp32" for none."""
+    return "bf16" if amp == torch.bfloat16 else "fp32"
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context for None."""
     if dtype is None:
@@ -109,4 +115,5 @@ def device_name(device: torch.device) -> str:
 
 
 __all__ = ["DEVICES", "PRECISIONS", "autocast", "autocast_dtype", "device_name", "resolve_device", "resolve_dtype",
+           "scorer_precision",
            "synchronize"]

@@ -159,7 +159,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     from bltkit.weights import CONFIG_FILE, WEIGHTS_FILE
 
     from bltkit.patching.entropies import compute_entropies
-    from bltkit.runtime import autocast_dtype
+    from bltkit.runtime import autocast_dtype, scorer_precision
     from .model import EntropyModel
 
     if shard_docs < 1:
@@ -180,8 +180,7 @@ def _precompute(entropy_model_dir, data, out: Path, shard_docs, limit_bytes, thr
     # (another model, its config, threshold or scheme...) would mix two runs' numbers in one index.
     # What the model computes in, resolved on its device (``auto`` is bf16 on CUDA): the same
     # settings on another machine may mean another precision.
-    amp = autocast_dtype(precision, next(model.parameters()).device)
-    computed_in = "bf16" if amp == torch.bfloat16 else "fp32"
+    computed_in = scorer_precision(autocast_dtype(precision, next(model.parameters()).device))
     settings = {"format": FORMAT_VERSION, "data": [str(d) for d in data], "shard_docs": shard_docs,
                 "limit_bytes": limit_bytes, "entropy_model": str(em.resolve()),
                 "weights": _fingerprint_file(em / WEIGHTS_FILE), "model_config": _fingerprint_file(em / CONFIG_FILE),

@@ -30,7 +30,7 @@ from ..inference.stepper import TUNED
 from ..model.config import BLTConfig
 from ..nn.attention import CrossAttention
 from ..nn.block import TransformerBlock
-from ..runtime import autocast
+from ..runtime import autocast, scorer_precision
 from .inputs import pad_patch_columns
 from .measure import profile_calls, time_generation, time_train_steps
 
@@ -88,10 +88,6 @@ def entropy_patcher(model: nn.Module, threshold: float, precision: str = "auto")
     return Patcher(scheme="entropy", threshold=threshold, scorer=model, precision=precision)
 
 
-def _precision(amp: Optional[torch.dtype]) -> str:
-    return "bf16" if amp == torch.bfloat16 else "fp32"
-
-
 # ---- train ---------------------------------------------------------------------------------------
 def bltkit_train_figure(model: nn.Module, cfg: BLTConfig, ids: torch.Tensor, patch_lengths: torch.Tensor,
                         *, device: torch.device, amp: Optional[torch.dtype], steps: int, warmup: int,
@@ -120,7 +116,7 @@ def bltkit_patch_step(entropy_model: nn.Module, ids: torch.Tensor, threshold: fl
     bltkit's ``Patcher``; ``record(seconds a step, peak GiB, what the peak measures)`` is the
     figure's record, from the last step's patches (the runner times the steps, ``time_in_turn``)."""
     x = ids.to(device)  # (B, N)
-    patcher = entropy_patcher(entropy_model, threshold, _precision(amp))
+    patcher = entropy_patcher(entropy_model, threshold, scorer_precision(amp))
     out: dict[str, torch.Tensor] = {}
 
     def step() -> torch.Tensor:
@@ -132,7 +128,7 @@ def bltkit_patch_step(entropy_model: nn.Module, ids: torch.Tensor, threshold: fl
         pl = out["pl"]
         return dict(ms=dt * 1e3, bytes_per_s=x.numel() / dt, peak_mem_gib=mem, peak_mem_kind=kind,
                     mean_patch=x.shape[1] / float(((pl > 0).sum(dim=1) - 1).clamp(min=1).double().mean()),
-                    precision=_precision(amp), patcher_params_m=sum(p.numel() for p in entropy_model.parameters()) / 1e6)
+                    precision=scorer_precision(amp), patcher_params_m=sum(p.numel() for p in entropy_model.parameters()) / 1e6)
 
     return step, record
 

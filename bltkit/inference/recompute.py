@@ -16,6 +16,7 @@ from torch import nn
 
 from ..patching.config import PatcherConfig
 from ..patching.patcher import Patcher
+from ..runtime import scorer_precision
 
 
 class RecomputeStepper:
@@ -29,8 +30,8 @@ class RecomputeStepper:
         if self.is_blt:
             patcher.check_ready()
             # The scorer runs in its weights' dtype (or the autocast dtype), as the cached path does.
-            precision = "bf16" if amp == torch.bfloat16 else "fp32"
-            self.patcher = Patcher(patcher, scorer=entropy_model if patcher.needs_scores else None, precision=precision)
+            self.patcher = Patcher(patcher, scorer=entropy_model if patcher.needs_scores else None,
+                                   precision=scorer_precision(amp))
 
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
         self.rows = [list(p) for p in prompts]
